@@ -1,0 +1,168 @@
+"""Resolving model references against the MLflow Model Registry.
+
+A reference is `NAME@ALIAS`, `NAME/VERSION` or `models:/NAME/VERSION` (or `models:/NAME@ALIAS`).
+Aliases are resolved to an exact version once, at the start of a build; everything after
+that works with the `ModelVersion` it returned, never with the alias again.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline.errors import ArtifactError, ConfigError, ModelNotFoundError, VersionNotReadyError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+_REF = re.compile(
+    r"^(?:models:/)?(?P<name>[^@/]+?)(?:@(?P<alias>[A-Za-z0-9_\-]+)|/(?P<version>[^/@]+))$"
+)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What the user asked for, before it is resolved."""
+
+    name: str
+    alias: str | None = None
+    version: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.alias}" if self.alias else f"{self.name}/{self.version}"
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One exact, READY registered model version."""
+
+    name: str
+    version: str
+    run_id: str
+    source: str
+    aliases: tuple[str, ...]
+    requested_as: str
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+    def __str__(self) -> str:
+        return f"{self.name}/{self.version}"
+
+
+def parse_ref(text: str) -> ModelRef:
+    """Parse `NAME@ALIAS` or `NAME/VERSION`; a bad shape is a usage error."""
+    match = _REF.match(text.strip())
+    if not match:
+        raise ConfigError(
+            f"cannot read model reference {text!r}: use NAME@ALIAS (e.g. demo-classifier@champion)"
+            " or NAME/VERSION (e.g. demo-classifier/3)"
+        )
+    version = match["version"]
+    if version is not None and not version.isdigit():
+        raise ConfigError(f"model version must be a number in {text!r}, got {version!r}")
+    return ModelRef(name=match["name"], alias=match["alias"], version=version)
+
+
+def client_for(tracking_uri: str, registry_uri: str | None = None) -> MlflowClient:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
+
+
+def resolve(client: MlflowClient, ref: ModelRef | str) -> ModelVersion:
+    """Resolve a reference to one READY version, or explain what exists instead."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(ref, str):
+        ref = parse_ref(ref)
+    try:
+        registered = client.get_registered_model(ref.name)
+    except MlflowException as exc:
+        if not _is_not_found(exc):
+            raise
+        names = sorted(m.name for m in client.search_registered_models(max_results=100))
+        known = ", ".join(names) if names else "none: run `bentoship demo train` for a demo model"
+        raise ModelNotFoundError(
+            f"no registered model named {ref.name!r} in {client.tracking_uri}. "
+            f"Registered models: {known}"
+        ) from None
+
+    aliases: dict[str, str] = dict(getattr(registered, "aliases", {}) or {})
+    try:
+        if ref.alias is not None:
+            mv = client.get_model_version_by_alias(ref.name, ref.alias)
+        else:
+            mv = client.get_model_version(ref.name, str(ref.version))
+    except MlflowException as exc:
+        if not _is_not_found(exc):
+            raise
+        versions = sorted(
+            (str(v.version) for v in client.search_model_versions(f"name='{ref.name}'")), key=int
+        )
+        alias_text = ", ".join(f"@{a} -> {v}" for a, v in sorted(aliases.items())) or "none"
+        what = f"alias @{ref.alias}" if ref.alias else f"version {ref.version}"
+        raise ModelNotFoundError(
+            f"model {ref.name!r} has no {what}. Versions: {', '.join(versions) or 'none'}; "
+            f"aliases: {alias_text}"
+        ) from None
+
+    if mv.status != "READY":
+        raise VersionNotReadyError(
+            f"{ref.name}/{mv.version} has status {mv.status}, not READY"
+            + (f" ({mv.status_message})" if mv.status_message else "")
+            + ": wait for registration to finish or pick another version"
+        )
+    version_aliases = tuple(sorted(a for a, v in aliases.items() if str(v) == str(mv.version)))
+    return ModelVersion(
+        name=mv.name,
+        version=str(mv.version),
+        run_id=mv.run_id or "",
+        source=mv.source or "",
+        aliases=version_aliases,
+        requested_as=str(ref),
+    )
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
+    """Return the experiment's id, creating it (artifacts under `artifact_root`) if needed.
+
+    With the embedded SQLite store MLflow would otherwise put artifacts in `./mlruns` of
+    whatever directory the command ran in.
+    """
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        return str(existing.experiment_id)
+    location = (artifact_root / name).as_uri() if artifact_root else None
+    return str(client.create_experiment(name, artifact_location=location))
+
+
+def download(client: MlflowClient, mv: ModelVersion, dest: Path) -> Path:
+    """Download the version's MLflow model directory into `dest` and check it is a model."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=mv.uri,
+            dst_path=str(dest),
+            tracking_uri=client.tracking_uri,
+        )
+    except (MlflowException, OSError) as exc:
+        raise ArtifactError(f"cannot download the artifacts of {mv}: {exc}") from exc
+    path = Path(local)
+    if not (path / "MLmodel").is_file():
+        raise ArtifactError(
+            f"the artifacts of {mv} (source {mv.source}) have no MLmodel file: "
+            "it is not an MLflow model, or its artifacts were deleted"
+        )
+    return path
+
+
+def _is_not_found(exc: Exception) -> bool:
+    code = getattr(exc, "error_code", "")
+    return code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
