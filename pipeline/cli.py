@@ -45,6 +45,12 @@ def main() -> None:
     cli()
 
 
+def _register() -> None:
+    from pipeline._cli_openapi import openapi
+
+    cli.add_command(openapi)
+
+
 def _settings():  # type: ignore[no-untyped-def]
     from pipeline.settings import load_settings
 
@@ -148,8 +154,8 @@ def build(control: str, treatment: str | None, treatment_weight: int | None, nam
                            ready_timeout_s=ready_timeout)
     result = run_build(request, _settings(), echo=lambda m: say(m, quiet=quiet))
     lines = [
-        f"{'Reused' if result.reused else 'Built'} {result.reference} "
-        f"({result.size_bytes / 1e6:.0f} MB) in {result.seconds:.0f}s",
+        (f"{'Reused' if result.reused else 'Built'} {result.reference} "
+        f"({result.size_bytes / 1e6:.0f} MB) in {result.seconds:.0f}s"),
     ]
     if result.pinned:
         lines.append(f"Pushed: {result.pinned}")
@@ -187,3 +193,48 @@ def run(image_ref: str, port: int, container_name: str | None, output: str) -> N
         f"OpenAPI spec: {running.url}/docs.json (Swagger UI at {running.url}/)\n"
         f"Stop it with: docker rm -f {running.container.name}",
     )
+
+
+@cli.command()
+@click.option("--model", "control", required=True, metavar="NAME@ALIAS|NAME/VERSION",
+              help="The control model version.")
+@click.option("--treatment", metavar="NAME@ALIAS|NAME/VERSION", help="An optional treatment.")
+@click.option("--treatment-weight", type=int, metavar="PERCENT",
+              help="Share of traffic for the treatment. [default: 10 with --treatment]")
+@click.option("--port", type=int, default=3000, show_default=True)
+@click.option("--allow-pickle", is_flag=True, help="Allow models that only load by unpickling.")
+def serve(control: str, treatment: str | None, treatment_weight: int | None, port: int,
+          allow_pickle: bool) -> None:
+    """Serve model versions locally without Docker, exactly as the image would.
+
+    Same resolution, verification and service as `bentoship build`; runs `bentoml serve` in
+    the foreground on 127.0.0.1.
+    """
+    from pipeline.build import BuildRequest
+    from pipeline.build import serve as run_serve
+
+    request = BuildRequest(control=control, treatment=treatment,
+                           treatment_weight=treatment_weight, allow_pickle=allow_pickle)
+    sys.exit(run_serve(request, _settings(), port, echo=say))
+
+
+@cli.command()
+@click.argument("image_ref", metavar="IMAGE")
+@output_option
+def push(image_ref: str, output: str) -> None:
+    """Push a built IMAGE (REPOSITORY:TAG) to its OCI registry and print its digest.
+
+    From then on refer to the image as REPOSITORY@sha256:..., never by tag.
+    """
+    from pipeline import image
+    from pipeline.engine import connect
+
+    repository, _, tag = image_ref.rpartition(":")
+    if not repository or "/" in tag:
+        raise click.UsageError(f"IMAGE must be REPOSITORY:TAG, got {image_ref!r}")
+    digest = image.push(connect(), repository, tag, echo=say)
+    emit({"image": image_ref, "digest": digest, "pinned": f"{repository}@{digest}"}, output,
+         f"{repository}@{digest}")
+
+
+_register()

@@ -147,8 +147,11 @@ def download(client: MlflowClient, mv: ModelVersion, dest: Path) -> Path:
 
     dest.mkdir(parents=True, exist_ok=True)
     try:
+        # The version's own artifact location: a `models:/` URI would be resolved against the
+        # process-wide registry URI instead of this client's.
+        location = client.get_model_version_download_uri(mv.name, mv.version)
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=mv.uri,
+            artifact_uri=location,
             dst_path=str(dest),
             tracking_uri=client.tracking_uri,
         )

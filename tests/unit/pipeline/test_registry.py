@@ -9,7 +9,7 @@ from pipeline.errors import ArtifactError, ConfigError, ModelNotFoundError, Vers
 from pipeline.registry import ModelRef, client_for, download, parse_ref, resolve
 from pipeline.settings import Settings
 
-from .conftest import set_status
+from tests.stores import set_status
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,230 @@
+"""From downloaded MLflow models to a Bento: BentoML store import and the service build.
+
+Each model version becomes the BentoML model `<name>:v<version>` holding the unchanged MLflow
+model directory under `mlflow_model/` (docs/contracts.md, contract 1). The service template in
+`services/` is copied into a build context with its configuration, `services/bentoship.json`,
+derived from the models' signatures; `bentoml.bentos.build` then makes the Bento.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import ArtifactError, ConfigError, ImageBuildError
+from pipeline.registry import ModelVersion
+
+SERVICES_DIR = Path(__file__).resolve().parent.parent / "services"
+SERVICE_IMPORT = "services.service:Bentoship"
+# Flavors the service loads without mlflow.pyfunc (and therefore without pickle).
+NATIVE_FLAVORS = ("xgboost", "sklearn")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One model version, downloaded and inspected, ready to be imported."""
+
+    variant: str  # "control" | "treatment"
+    version: ModelVersion
+    path: Path  # the MLflow model directory
+    flavor: str  # "xgboost" | "sklearn" | "python_function"
+    features: tuple[dict[str, Any], ...]  # MLflow column specs: name, type, required
+    example_rows: tuple[dict[str, Any], ...]
+    manifest_sha256: str
+
+    @property
+    def bento_tag(self) -> str:
+        return f"{bento_name(self.version.name)}:v{self.version.version}"
+
+
+def bento_name(registered_name: str) -> str:
+    name = re.sub(r"[^a-z0-9_.-]", "-", registered_name.lower()).strip("-._")
+    if not name:
+        raise ConfigError(f"cannot make a BentoML model name from {registered_name!r}")
+    return name
+
+
+def inspect_model(variant: str, mv: ModelVersion, path: Path, manifest_sha256: str) -> ModelInfo:
+    """Read flavor, signature and input example from the MLmodel file; explain what is missing."""
+    try:
+        mlmodel = yaml.safe_load((path / "MLmodel").read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ArtifactError(f"{mv}: cannot read its MLmodel file: {exc}") from exc
+    flavors = mlmodel.get("flavors") or {}
+    if "xgboost" in flavors:
+        flavor = "xgboost"
+    elif "sklearn" in flavors and flavors["sklearn"].get("serialization_format") == "skops":
+        flavor = "sklearn"
+    elif "python_function" in flavors:
+        flavor = "python_function"
+    else:
+        raise ArtifactError(f"{mv}: no flavor bentoship can serve (found {sorted(flavors)})")
+
+    signature = mlmodel.get("signature") or {}
+    if not signature.get("inputs"):
+        raise ArtifactError(
+            f"{mv} was logged without a signature: the service's typed API is derived from it. "
+            "Log the model with `signature=infer_signature(X, y)`."
+        )
+    inputs = json.loads(signature["inputs"])
+    if any("name" not in col or col.get("type") == "tensor" for col in inputs):
+        raise ArtifactError(
+            f"{mv} has a tensor-based signature; bentoship serves models with named columns"
+        )
+    features = tuple(
+        {"name": c["name"], "type": c["type"], "required": c.get("required", True)} for c in inputs
+    )
+    return ModelInfo(
+        variant=variant,
+        version=mv,
+        path=path,
+        flavor=flavor,
+        features=features,
+        example_rows=_example_rows(mv, path, mlmodel),
+        manifest_sha256=manifest_sha256,
+    )
+
+
+def _example_rows(mv: ModelVersion, path: Path, mlmodel: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+    info = mlmodel.get("saved_input_example_info") or {}
+    example_file = path / info.get("artifact_path", "input_example.json")
+    if not example_file.is_file():
+        raise ArtifactError(
+            f"{mv} was logged without an input example: the build's smoke test and the API "
+            "documentation use it. Log the model with `input_example=X.head()`."
+        )
+    data = json.loads(example_file.read_text())
+    if isinstance(data, dict) and "columns" in data and "data" in data:
+        return tuple(dict(zip(data["columns"], row)) for row in data["data"])
+    if isinstance(data, list) and all(isinstance(r, dict) for r in data):
+        return tuple(data)
+    raise ArtifactError(f"{mv}: input example in {example_file.name} is not a table of rows")
+
+
+def check_compatible(models: Sequence[ModelInfo]) -> None:
+    """Control and treatment answer the same API, so their input columns must agree."""
+    control, *others = models
+    want = {f["name"]: f["type"] for f in control.features}
+    for other in others:
+        have = {f["name"]: f["type"] for f in other.features}
+        if have == want:
+            continue
+        diffs = [f"{n}: {want.get(n, 'absent')} vs {have.get(n, 'absent')}"
+                 for n in sorted(want.keys() | have.keys()) if want.get(n) != have.get(n)]
+        raise ConfigError(
+            f"{control.version} and {other.version} take different input columns, so they cannot "
+            f"share one API: {'; '.join(diffs[:10])}"
+        )
+
+
+def write_context(config: dict[str, Any], dest: Path) -> Path:
+    """Copy the service template into `dest` with its configuration next to it."""
+    from services.config import ServiceConfig
+
+    validated = ServiceConfig.model_validate(config)
+    target = dest / "services"
+    shutil.copytree(
+        SERVICES_DIR,
+        target,
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "bentoship.json", "requirements.*"),
+    )
+    (target / "bentoship.json").write_text(validated.model_dump_json(indent=2))
+    return dest
+
+
+_BUILD_SCRIPT = """
+import json, shutil, sys
+import bentoml
+args = json.loads(sys.argv[1])
+for model in args["models"]:
+    try:
+        existing = bentoml.models.get(model["tag"])
+    except bentoml.exceptions.NotFound:
+        existing = None
+    if existing is not None and dict(existing.info.metadata) == model["metadata"]:
+        print("MODEL_REUSED=" + model["tag"])
+        continue
+    if existing is not None:  # same name and version from another store, or re-registered
+        bentoml.models.delete(model["tag"])
+    with bentoml.models.create(model["tag"], metadata=model["metadata"],
+                               labels={"owner": "bentoship"}) as created:
+        shutil.copytree(model["path"], created.path_of("mlflow_model"))
+    print("MODEL_IMPORTED=" + model["tag"])
+try:
+    bentoml.bentos.delete(args["tag"])
+except bentoml.exceptions.NotFound:
+    pass
+bento = bentoml.bentos.build(
+    args["service"], name=args["name"], version=args["version"], labels=args["labels"],
+    include=["services/**/*.py", "services/bentoship.json"], build_ctx=".",
+)
+# The store's Bento only references its models; an exported folder carries them.
+exported = bentoml.bentos.export_bento(bento.tag, args["export_to"] + "/", output_format="folder")
+print("BENTO_PATH=" + exported)
+"""
+
+
+def model_metadata(info: ModelInfo) -> dict[str, str]:
+    return {
+        "registered_name": info.version.name,
+        "version": info.version.version,
+        "run_id": info.version.run_id,
+        "source": info.version.uri,
+        "flavor": info.flavor,
+        "manifest_sha256": info.manifest_sha256,
+    }
+
+
+def make_bento(
+    infos: Sequence[ModelInfo],
+    context: Path,
+    name: str,
+    version: str,
+    labels: dict[str, str],
+    bentoml_home: Path,
+    echo: Callable[[str], None] = lambda _: None,
+) -> Path:
+    """Import the models into the BentoML store, build the Bento and export it with its models.
+
+    Returns the exported folder (`bento.yaml`, `src/`, `models/<name>/<version>/`), next to
+    `context`.
+
+    An identical earlier import (same metadata: run id and manifest) is reused; a model with
+    the same tag but other content is replaced. Runs in a child process whose working
+    directory is the build context: BentoML imports the service module to find its models,
+    and it must import the context's copy (with its `bentoship.json`), not the template this
+    process may have imported; and BentoML fixes its store location once per process.
+    """
+    args = {
+        "tag": f"{name}:{version}", "service": SERVICE_IMPORT, "name": name,
+        "version": version, "labels": labels, "export_to": str(context.parent / "bento"),
+        "models": [{"tag": i.bento_tag, "path": str(i.path), "metadata": model_metadata(i)}
+                   for i in infos],
+    }
+    env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "BENTOML_DO_NOT_TRACK": "true"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _BUILD_SCRIPT, json.dumps(args)],
+        cwd=context, env=env, capture_output=True, text=True, check=False,
+    )
+    bento_path = None
+    for line in proc.stdout.splitlines():
+        if line.startswith(("MODEL_REUSED=", "MODEL_IMPORTED=")):
+            verb, tag = line.split("=", 1)
+            echo(f"{tag}: {'reused from' if verb == 'MODEL_REUSED' else 'imported into'} "
+                 "the BentoML store")
+        elif line.startswith("BENTO_PATH="):
+            bento_path = Path(line.removeprefix("BENTO_PATH="))
+    if proc.returncode == 0 and bento_path is not None:
+        return bento_path
+    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+    raise ImageBuildError(f"building the Bento {name}:{version} failed:\n{tail}")

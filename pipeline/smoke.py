@@ -1,0 +1,177 @@
+"""Start a built image, wait for readiness, ask for predictions, stop it.
+
+Used by the build (an image that fails is never tagged) and by `bentoship run`, which leaves
+the container running for a human.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.errors import SmokeTestError
+from pipeline.image import PORT
+
+# Where a read-only root filesystem still needs writable scratch space (as in Kubernetes).
+SCRATCH = {
+    "/tmp": "rw,size=256m,mode=1777",
+    "/home/bentoship/bentoml": "rw,size=64m,uid=10001,gid=10001,mode=0700",
+}
+
+
+@dataclass(frozen=True)
+class Running:
+    container: Any
+    url: str
+    ready_after_s: float
+
+
+@dataclass(frozen=True)
+class SmokeResult:
+    rows_out: list[dict[str, Any]]
+    ready_after_s: float
+
+
+def start(
+    client: Any,
+    image: str,
+    *,
+    host_port: int | None = None,
+    deadline_s: float = 120.0,
+    name: str | None = None,
+    detach_on_success: bool = False,
+) -> Running:
+    """Run the image read-only as its non-root user and wait for `/readyz`."""
+    import docker.errors
+
+    try:
+        container = client.containers.run(
+            image,
+            detach=True,
+            name=name,
+            ports={f"{PORT}/tcp": ("127.0.0.1", host_port)},
+            read_only=True,
+            tmpfs=SCRATCH,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+        )
+    except docker.errors.APIError as exc:
+        raise SmokeTestError(f"could not start {image}: {exc.explanation or exc}") from exc
+    started = time.monotonic()
+    try:
+        container.reload()
+        port = container.ports[f"{PORT}/tcp"][0]["HostPort"]
+        url = f"http://127.0.0.1:{port}"
+        while True:
+            container.reload()
+            if container.status in ("exited", "dead"):
+                raise SmokeTestError(
+                    f"the container exited (code {container.attrs['State']['ExitCode']}) before "
+                    f"it became ready. Last log lines:\n{_tail(container)}"
+                )
+            if _get(f"{url}/readyz") == 200:
+                return Running(container, url, time.monotonic() - started)
+            if time.monotonic() - started > deadline_s:
+                raise SmokeTestError(
+                    f"the container was not ready after {deadline_s:.0f}s (GET /readyz). "
+                    f"Last log lines:\n{_tail(container)}"
+                )
+            time.sleep(0.5)
+    except BaseException:
+        stop(container)
+        raise
+
+
+def predict(url: str, rows: Sequence[dict[str, Any]], timeout_s: float = 30.0) -> dict[str, Any]:
+    body = json.dumps({"rows": list(rows)}).encode()
+    request = urllib.request.Request(
+        f"{url}/predict", data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return dict(json.loads(response.read()))
+    except urllib.error.HTTPError as exc:
+        raise SmokeTestError(
+            f"POST /predict with the model's input example answered {exc.code}: "
+            f"{exc.read()[:500].decode(errors='replace')}"
+        ) from exc
+    except (urllib.error.URLError, TimeoutError, json.JSONDecodeError) as exc:
+        raise SmokeTestError(f"POST /predict with the model's input example failed: {exc}") from exc
+
+
+def check_rows(rows_in: Sequence[dict[str, Any]], answer: dict[str, Any]) -> list[dict[str, Any]]:
+    rows_out = answer.get("rows")
+    if not isinstance(rows_out, list) or len(rows_out) != len(rows_in):
+        raise SmokeTestError(
+            f"expected {len(rows_in)} rows back for the input example, got: {str(answer)[:300]}"
+        )
+    for i, row in enumerate(rows_out):
+        missing = {"prediction", "score", "variant", "model_version"} - set(row)
+        if missing:
+            raise SmokeTestError(f"row {i} of the answer lacks {sorted(missing)}: {row}")
+    return rows_out
+
+
+def smoke_test(
+    client: Any,
+    image: str,
+    rows: Sequence[dict[str, Any]],
+    *,
+    deadline_s: float = 120.0,
+    echo: Callable[[str], None] = lambda _: None,
+) -> SmokeResult:
+    running = start(client, image, deadline_s=deadline_s)
+    try:
+        echo(f"  ready after {running.ready_after_s:.1f}s; posting {len(rows)} example rows")
+        answer = predict(running.url, rows)
+        try:
+            rows_out = check_rows(rows, answer)
+        except SmokeTestError as exc:
+            raise SmokeTestError(f"{exc}\nLast log lines:\n{_tail(running.container)}") from None
+        return SmokeResult(rows_out=rows_out, ready_after_s=running.ready_after_s)
+    finally:
+        stop(running.container)
+
+
+def example_row(container: Any) -> dict[str, Any]:
+    """One request row built from the feature examples in the image's service config."""
+    import io
+    import tarfile
+
+    path = "/home/bentoship/bento/src/services/bentoship.json"
+    stream, _ = container.get_archive(path)
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+        member = tar.extractfile("bentoship.json")
+        config = json.loads(member.read()) if member else {}
+    return {f["name"]: f.get("example") for f in config.get("features", [])}
+
+
+def stop(container: Any) -> None:
+    import docker.errors
+
+    try:
+        container.remove(force=True)
+    except docker.errors.APIError:
+        pass
+
+
+def _get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
+def _tail(container: Any, lines: int = 30) -> str:
+    try:
+        return str(container.logs(tail=lines).decode(errors="replace")).rstrip()
+    except Exception:  # noqa: BLE001 - the log is a courtesy; the real error is being raised
+        return "(container log unavailable)"
