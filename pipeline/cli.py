@@ -47,8 +47,11 @@ def main() -> None:
 
 def _register() -> None:
     from pipeline._cli_openapi import openapi
+    from pipeline._cli_release import release, releases
 
     cli.add_command(openapi)
+    cli.add_command(release)
+    cli.add_command(releases)
 
 
 def _settings():  # type: ignore[no-untyped-def]

@@ -49,6 +49,7 @@ def train(
     to be imported (pytest, rich, ...), and every one of them would have to reach the image.
     """
     from importlib.metadata import version as installed
+
     import mlflow
     import xgboost as xgb
     from mlflow.models import infer_signature

@@ -1,0 +1,300 @@
+"""CLI commands for releases: `bentoship release render` and `bentoship releases list|show`.
+
+The root group in pipeline/cli.py registers `release` and `releases`; both only parse,
+call pipeline.release / pipeline.ledger and print.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pipeline._options import emit, output_option, say
+
+_MODEL = re.compile(r"^(?P<name>[^/]+)/(?P<version>\d+)(?:/(?P<run_id>[0-9a-f]+))?$")
+_TAG_VERSIONS = re.compile(r"^ctl-v(?P<ctl>\d+)(?:\.trt-v(?P<trt>\d+))?\.code-(?P<code>.+)$")
+
+
+def _model(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, str] | None:
+    if value is None:
+        return None
+    match = _MODEL.match(value.strip())
+    if not match:
+        raise click.BadParameter(
+            f"{value!r}: use NAME/VERSION or NAME/VERSION/RUN_ID, e.g. demo-classifier/2"
+        )
+    return {"name": match["name"], "version": match["version"], "run_id": match["run_id"] or ""}
+
+
+def _image(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    from pipeline.errors import ReleaseError
+    from pipeline.release import parse_image_reference
+
+    if value is None:
+        return None
+    try:
+        return parse_image_reference(value, option=f"--{param.name}")
+    except ReleaseError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[-1]) from None
+
+
+def _client() -> Any:
+    from pipeline.registry import client_for
+    from pipeline.settings import load_settings
+
+    settings = load_settings()
+    if settings.uses_embedded_store:
+        settings.home.mkdir(parents=True, exist_ok=True)
+    return client_for(settings.tracking_uri, settings.registry_uri)
+
+
+@click.group("release")
+def release() -> None:
+    """Render release files for an image already pushed by digest."""
+
+
+@release.command("render")
+@click.option(
+    "--image",
+    required=True,
+    callback=_image,
+    metavar="REPO@sha256:DIGEST",
+    help="The image to release, by digest (a tag is refused).",
+)
+@click.option(
+    "--baseline",
+    callback=_image,
+    metavar="REPO@sha256:DIGEST",
+    help="The image production runs now, same repository. Without it this is a "
+    "first release: straight to production, no canary comparison.",
+)
+@click.option("--name", required=True, help="Service name (Kubernetes names, Prometheus `app`).")
+@click.option(
+    "--control",
+    required=True,
+    callback=_model,
+    metavar="NAME/VERSION[/RUN_ID]",
+    help="The control model version inside the image.",
+)
+@click.option(
+    "--treatment",
+    callback=_model,
+    metavar="NAME/VERSION[/RUN_ID]",
+    help="The treatment model version, if the image A/B-tests one.",
+)
+@click.option(
+    "--tag",
+    "image_tag",
+    required=True,
+    metavar="TAG",
+    help="The image's tag, ctl-v<N>[.trt-v<M>].code-<sha7>[-dirty-<hash6>].",
+)
+@click.option("--code-version", help="Code version. [default: the code part of --tag]")
+@click.option(
+    "--kind",
+    type=click.Choice(["model", "hotfix", "rollback"]),
+    default="model",
+    show_default=True,
+    help="What changed since production.",
+)
+@click.option(
+    "--skip-canary",
+    is_flag=True,
+    help="Rollbacks only: deploy straight to production without canary analysis.",
+)
+@click.option(
+    "--openapi",
+    "openapi_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The service's OpenAPI spec, copied into the release.",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML file with a [release] table. [default: ./bentoship.toml if present]",
+)
+@click.option(
+    "--out",
+    "outdir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder to write pipeline.json, canary-config.json and k8s/ into.",
+)
+@output_option
+def render(
+    image: tuple[str, str],
+    baseline: tuple[str, str] | None,
+    name: str,
+    control: dict[str, str],
+    treatment: dict[str, str] | None,
+    image_tag: str,
+    code_version: str | None,
+    kind: str,
+    skip_canary: bool,
+    openapi_file: Path | None,
+    config_file: Path | None,
+    outdir: Path,
+    output: str,
+) -> None:
+    """Write the Spinnaker pipeline, Kayenta canary config and Kubernetes manifests.
+
+    Only renders: the image must already be pushed. Nothing is recorded in the release ledger
+    and nothing is written if any input is invalid.
+
+    \b
+    Example:
+      bentoship release render --name demo-classifier \\
+          --image 127.0.0.1:5000/demo-classifier@sha256:<new> \\
+          --baseline 127.0.0.1:5000/demo-classifier@sha256:<production> \\
+          --control demo-classifier/1 --treatment demo-classifier/2 \\
+          --tag ctl-v1.trt-v2.code-1a2b3c4 --out release/
+    """
+    from pipeline.errors import ConfigError
+    from pipeline.release import DEFAULT_CONFIG_FILE, ReleaseSpec, load_release_config
+    from pipeline.release import render_release as run_render
+
+    repository, digest = image
+    if baseline is not None and baseline[0] != repository:
+        raise click.BadParameter(
+            f"the baseline is in {baseline[0]}, the image in {repository}: a canary compares "
+            "two images of one repository",
+            param_hint="--baseline",
+        )
+    tag = _TAG_VERSIONS.match(image_tag)
+    if tag is not None:
+        wanted = {"control": tag["ctl"], "treatment": tag["trt"]}
+        given = {"control": control["version"], "treatment": treatment and treatment["version"]}
+        if wanted != given:
+            raise ConfigError(
+                f"--tag {image_tag} names control v{tag['ctl']}"
+                + (f" and treatment v{tag['trt']}" if tag["trt"] else " and no treatment")
+                + f", but the options give control v{control['version']}"
+                + (f" and treatment v{treatment['version']}" if treatment else " and no treatment")
+            )
+    if config_file is None and DEFAULT_CONFIG_FILE.is_file():
+        config_file = DEFAULT_CONFIG_FILE
+    config = load_release_config(config_file)
+    openapi = None
+    if openapi_file is not None:
+        from pipeline.openapi import load_spec
+
+        openapi = load_spec(openapi_file)
+    models = {"control": control, **({"treatment": treatment} if treatment else {})}
+    spec = ReleaseSpec(
+        name=name,
+        repository=repository,
+        digest=digest,
+        baseline_digest=baseline[1] if baseline else None,
+        model_versions=models,
+        code_version=code_version or (tag["code"] if tag else ""),
+        image_tag=image_tag,
+        kind=kind,  # type: ignore[arg-type]
+        skip_canary=skip_canary,
+        openapi=openapi,
+    )
+    files = run_render(spec, config, outdir)
+    mode = "canary" if spec.mode == "canary" else "direct to production"
+    say(f"Rendered a {kind} release of {spec.image} ({mode}) into {outdir}")
+    emit(
+        {
+            "name": name,
+            "image": spec.image,
+            "baseline": spec.baseline_image,
+            "mode": spec.mode,
+            "kind": kind,
+            "outdir": str(outdir.resolve()),
+            "files": {rel: str(path) for rel, path in files.items()},
+        },
+        output,
+        "\n".join(str(path) for path in files.values()),
+    )
+
+
+@click.group("releases")
+def releases() -> None:
+    """The release ledger: every recorded release, in the MLflow experiment bentoship-releases."""
+
+
+@releases.command("list")
+@click.option(
+    "--limit",
+    "-n",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="How many releases to show, newest first.",
+)
+@click.option("--name", help="Only releases of this service.")
+@output_option
+def list_releases(limit: int, name: str | None, output: str) -> None:
+    """List recorded releases, newest first."""
+    from pipeline import ledger
+
+    client = _client()
+    records = ledger.list_releases(client, limit=limit, name=name)
+    rows = [
+        (
+            r.short_id,
+            r.created.strftime("%Y-%m-%d %H:%M:%S"),
+            r.name,
+            r.kind,
+            r.status,
+            r.image_tag,
+            r.models,
+        )
+        for r in records
+    ]
+    text = (
+        _table(("ID", "CREATED (UTC)", "SERVICE", "KIND", "STATUS", "TAG", "MODELS"), rows)
+        if rows
+        else f"No releases recorded in {client.tracking_uri}."
+    )
+    emit(
+        {"tracking_uri": client.tracking_uri, "releases": [r.to_dict() for r in records]},
+        output,
+        text,
+    )
+
+
+@releases.command("show")
+@click.argument("release_id", metavar="ID")
+@output_option
+def show_release(release_id: str, output: str) -> None:
+    """Show one release; ID is its run id or any unique prefix of it."""
+    from pipeline import ledger
+
+    client = _client()
+    record = ledger.get_release(client, release_id)
+    files = ledger.release_files(client, record.release_id)
+    lines = [
+        f"Release   {record.release_id}",
+        f"Created   {record.created.isoformat()}",
+        f"Service   {record.name}",
+        f"Kind      {record.kind} ({record.mode})",
+        f"Status    {record.status}",
+        f"Image     {record.image}",
+        f"Tag       {record.image_tag}",
+        f"Baseline  {record.baseline or 'none (first release)'}",
+        f"Code      {record.code_version}",
+        *(
+            f"Model     {variant}: {m.get('name')}/{m.get('version')}"
+            + (f" (run {m['run_id']})" if m.get("run_id") else "")
+            for variant, m in sorted(record.model_versions.items())
+        ),
+        f"Files     {record.artifact_uri}",
+        *(f"          {path}" for path in files),
+    ]
+    emit({"release": record.to_dict(), "files": files}, output, "\n".join(lines))
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    return "\n".join(
+        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
+        for row in (header, *rows)
+    )

@@ -1,0 +1,308 @@
+"""The release ledger: one MLflow run per release in the experiment `bentoship-releases`.
+
+A release is recorded only after its image was pushed and its files rendered; the run holds
+what was released (tags and params: kind, model versions, code version, image tag, image and
+baseline by digest) and, as artifacts, the rendered release files and the OpenAPI spec. The
+release id is the run id; any unique prefix of it works too. Hotfixes and rollbacks look up
+earlier releases here (`latest_successful`, `previous_successful`).
+
+Works against any tracking URI: the embedded SQLite store or an `mlflow server`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.errors import ReleaseError
+from pipeline.release import KINDS, ReleaseSpec
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
+EXPERIMENT = "bentoship-releases"
+STATUSES = ("succeeded", "failed", "rendered")
+_TAG = "bentoship."
+_ORDER = ["attributes.start_time DESC"]
+
+
+@dataclass(frozen=True)
+class ReleaseRecord:
+    """One recorded release, as read back from its MLflow run."""
+
+    release_id: str
+    created: datetime
+    name: str
+    kind: str
+    status: str
+    mode: str
+    image: str
+    image_tag: str
+    baseline: str | None
+    code_version: str
+    model_versions: dict[str, dict[str, str]]
+    artifact_uri: str
+
+    @property
+    def short_id(self) -> str:
+        return self.release_id[:12]
+
+    @property
+    def models(self) -> str:
+        return ", ".join(
+            f"{v}={m.get('name', '?')}/{m.get('version', '?')}"
+            for v, m in sorted(self.model_versions.items())
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["created"] = self.created.isoformat()
+        return data
+
+
+def record_release(
+    client: MlflowClient,
+    spec: ReleaseSpec,
+    rendered_files: Mapping[str, Path],
+    status: str = "succeeded",
+    *,
+    artifact_root: Path | None = None,
+) -> ReleaseRecord:
+    """Record a pushed and rendered release as one finished run; return it as read back.
+
+    `rendered_files` is what `render_release` returned (relative path -> file). With the
+    embedded store pass `artifact_root` so artifacts land in the state folder, not `./mlruns`.
+    If logging fails half-way the run is deleted again and ReleaseError raised.
+    """
+    from mlflow.entities import Param, RunTag
+    from mlflow.exceptions import MlflowException
+
+    if status not in STATUSES:
+        raise ReleaseError(f"status: {status!r} is not one of {', '.join(STATUSES)}")
+    missing = [str(p) for p in rendered_files.values() if not Path(p).is_file()]
+    if missing:
+        raise ReleaseError(f"cannot record the release: rendered files are missing: {missing}")
+
+    experiment_id = _experiment_id(client, create=True, artifact_root=artifact_root)
+    assert experiment_id is not None
+    tags = {
+        f"{_TAG}name": spec.name,
+        f"{_TAG}kind": spec.kind,
+        f"{_TAG}status": status,
+        f"{_TAG}mode": spec.mode,
+        f"{_TAG}image": spec.image,
+        f"{_TAG}image.tag": spec.image_tag,
+        f"{_TAG}image.digest": spec.digest,
+        f"{_TAG}baseline": spec.baseline_image or "",
+        f"{_TAG}code_version": spec.code_version,
+        **{
+            f"{_TAG}model.{variant}": f"{m['name']}/{m['version']}"
+            for variant, m in spec.model_versions.items()
+        },
+    }
+    params = {
+        "name": spec.name,
+        "kind": spec.kind,
+        "image": spec.image,
+        "image_tag": spec.image_tag,
+        "baseline": spec.baseline_image or "none",
+        "code_version": spec.code_version,
+        "skip_canary": str(spec.skip_canary).lower(),
+        **{
+            f"model.{variant}.{key}": str(value) or "none"
+            for variant, m in spec.model_versions.items()
+            for key, value in m.items()
+        },
+    }
+    try:
+        run = client.create_run(experiment_id, run_name=f"{spec.name}:{spec.image_tag}")
+    except MlflowException as exc:
+        raise ReleaseError(f"cannot record the release in {client.tracking_uri}: {exc}") from exc
+    run_id = run.info.run_id
+    try:
+        client.log_batch(
+            run_id,
+            params=[Param(k, v) for k, v in params.items()],
+            tags=[RunTag(k, v) for k, v in tags.items()],
+        )
+        for rel, path in sorted(rendered_files.items()):
+            if rel == "openapi.json" and spec.openapi is not None:
+                continue  # logged once, at the top, below
+            folder = str(Path("release", rel).parent)
+            client.log_artifact(run_id, str(path), artifact_path=folder)
+        if spec.openapi is not None:
+            client.log_dict(run_id, dict(spec.openapi), "openapi.json")
+        client.set_terminated(run_id, status="FAILED" if status == "failed" else "FINISHED")
+    except (MlflowException, OSError) as exc:
+        client.delete_run(run_id)
+        raise ReleaseError(
+            f"recording release {run_id} in {client.tracking_uri} failed half-way and was "
+            f"rolled back: {exc}"
+        ) from exc
+    return _record(client.get_run(run_id))
+
+
+def list_releases(
+    client: MlflowClient, *, limit: int = 20, name: str | None = None
+) -> list[ReleaseRecord]:
+    """The newest `limit` releases, newest first; optionally of one service only."""
+    if limit < 1:
+        raise ReleaseError(f"limit must be at least 1, got {limit}")
+    experiment_id = _experiment_id(client)
+    if experiment_id is None:
+        return []
+    filter_string = f"tags.`{_TAG}name` = '{name}'" if name else ""
+    page = client.search_runs(
+        [experiment_id], filter_string=filter_string, order_by=_ORDER, max_results=limit
+    )
+    return [_record(run) for run in page]
+
+
+def get_release(client: MlflowClient, release_id: str) -> ReleaseRecord:
+    """The release with this run id, or with the one run id starting with this prefix."""
+    wanted = release_id.strip().lower()
+    experiment_id = _experiment_id(client)
+    if not wanted or experiment_id is None:
+        raise ReleaseError(
+            f"no release {release_id!r}: no releases are recorded in {client.tracking_uri}"
+        )
+    runs = list(_runs(client, experiment_id))
+    if not runs:
+        raise ReleaseError(
+            f"no release {release_id!r}: no releases are recorded in {client.tracking_uri}"
+        )
+    matches = [run for run in runs if run.info.run_id.startswith(wanted)]
+    if not matches:
+        raise ReleaseError(
+            f"no release with id {release_id!r} in experiment {EXPERIMENT!r} at "
+            f"{client.tracking_uri}; `bentoship releases list` shows the recorded ids"
+        )
+    if len(matches) > 1:
+        ids = ", ".join(run.info.run_id for run in matches[:5])
+        raise ReleaseError(
+            f"release id prefix {release_id!r} is ambiguous: it matches {ids}; give more of the id"
+        )
+    return _record(matches[0])
+
+
+def release_files(client: MlflowClient, release_id: str) -> list[str]:
+    """Paths of every artifact recorded with a release (its rendered files, the OpenAPI spec)."""
+    pending: list[str] = [""]
+    files: list[str] = []
+    while pending:
+        for info in client.list_artifacts(release_id, pending.pop() or None):
+            (pending if info.is_dir else files).append(info.path)
+    return sorted(files)
+
+
+def latest_successful(
+    client: MlflowClient, *, kinds: Sequence[str] = KINDS, name: str | None = None
+) -> ReleaseRecord | None:
+    """The newest succeeded release of one of `kinds` (e.g. the models a hotfix reuses)."""
+    return next(_successful(client, kinds=kinds, name=name), None)
+
+
+def previous_successful(
+    client: MlflowClient,
+    release_id: str | None = None,
+    *,
+    kinds: Sequence[str] = KINDS,
+    name: str | None = None,
+) -> ReleaseRecord | None:
+    """The newest succeeded release older than `release_id` (default: the latest succeeded).
+
+    This is what a rollback goes back to. Only releases of the same service count.
+    """
+    reference = (
+        get_release(client, release_id)
+        if release_id
+        else latest_successful(client, kinds=KINDS, name=name)
+    )
+    if reference is None:
+        return None
+    seen = False  # runs come newest first: everything after the reference is older
+    for record in _successful(client, kinds=KINDS, name=reference.name):
+        if record.release_id == reference.release_id:
+            seen = True
+        elif (seen or record.created < reference.created) and record.kind in kinds:
+            return record
+    return None
+
+
+def _successful(
+    client: MlflowClient, *, kinds: Sequence[str], name: str | None
+) -> Iterator[ReleaseRecord]:
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ReleaseError(f"kinds: {sorted(unknown)} are not among {', '.join(KINDS)}")
+    experiment_id = _experiment_id(client)
+    if experiment_id is None:
+        return
+    filter_string = f"tags.`{_TAG}status` = 'succeeded'"
+    if name:
+        filter_string += f" and tags.`{_TAG}name` = '{name}'"
+    for run in _runs(client, experiment_id, filter_string):
+        record = _record(run)
+        if record.kind in kinds:
+            yield record
+
+
+def _runs(client: MlflowClient, experiment_id: str, filter_string: str = "") -> Iterator[Run]:
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=filter_string,
+            order_by=_ORDER,
+            max_results=500,
+            page_token=token,
+        )
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def _experiment_id(
+    client: MlflowClient, *, create: bool = False, artifact_root: Path | None = None
+) -> str | None:
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        raise ReleaseError(
+            f"the experiment {EXPERIMENT!r} at {client.tracking_uri} is deleted: restore it "
+            f"(`mlflow experiments restore --experiment-id {experiment.experiment_id}`)"
+        )
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    if not create:
+        return None
+    location = (artifact_root / EXPERIMENT).as_uri() if artifact_root else None
+    return str(client.create_experiment(EXPERIMENT, artifact_location=location))
+
+
+def _record(run: Run) -> ReleaseRecord:
+    tags = run.data.tags
+    params = run.data.params
+    models: dict[str, dict[str, str]] = {}
+    for key, value in params.items():
+        if key.startswith("model."):
+            _, variant, field = key.split(".", 2)
+            models.setdefault(variant, {})[field] = "" if value == "none" else value
+    return ReleaseRecord(
+        release_id=run.info.run_id,
+        created=datetime.fromtimestamp(run.info.start_time / 1000, tz=UTC),
+        name=tags.get(f"{_TAG}name", ""),
+        kind=tags.get(f"{_TAG}kind", ""),
+        status=tags.get(f"{_TAG}status", ""),
+        mode=tags.get(f"{_TAG}mode", ""),
+        image=tags.get(f"{_TAG}image", ""),
+        image_tag=tags.get(f"{_TAG}image.tag", ""),
+        baseline=tags.get(f"{_TAG}baseline") or None,
+        code_version=tags.get(f"{_TAG}code_version", ""),
+        model_versions=models,
+        artifact_uri=run.info.artifact_uri or "",
+    )

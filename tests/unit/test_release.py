@@ -1,0 +1,587 @@
+"""Release rendering: Kubernetes schemas, the Spinnaker DAG, the Kayenta config, digests only."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import kubernetes_validate
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from pipeline._cli_release import release, releases
+from pipeline.errors import ConfigError, PipelineError, ReleaseError
+from pipeline.release import (
+    CANARY_METRIC_LABELS,
+    CANARY_METRIC_NAMES,
+    CANARY_SERIES,
+    SCOPE_LABELS,
+    ReleaseConfig,
+    ReleaseSpec,
+    load_release_config,
+    parse_release_config,
+    render_release,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "docs" / "example-release"
+K8S_VERSION = "1.31.0"  # a Kubernetes minor version kubernetes-validate bundles schemas for
+REPO = "127.0.0.1:5000/demo-classifier"
+NEW = "sha256:5f5b1494f9702e43c3917b28747abd1c3f708d9b0f8f4031f7f031c7ab805999"
+PROD = "sha256:5cda2d4db40fab0e8256f84b85415703486168dc2d29b07863d5c1995a45d222"
+
+# The arguments docs/example-release was rendered with (spinnaker/README.md shows the command).
+EXAMPLE_ARGS = [
+    "release", "render",
+    "--name", "demo-classifier",
+    "--image", f"{REPO}@{NEW}",
+    "--baseline", f"{REPO}@{PROD}",
+    "--control", "demo-classifier/2/0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f",
+    "--treatment", "demo-classifier/3/9f8e7d6c5b4a39281706f5e4d3c2b1a0",
+    "--tag", "ctl-v2.trt-v3.code-4e5f6a7",
+    "--config", str(EXAMPLE / "bentoship.toml"),
+]  # fmt: skip
+
+
+def demo_spec(**changes: Any) -> ReleaseSpec:
+    fields: dict[str, Any] = {
+        "name": "demo-classifier",
+        "repository": REPO,
+        "digest": NEW,
+        "baseline_digest": PROD,
+        "model_versions": {
+            "control": {"name": "demo-classifier", "version": "2", "run_id": "0c1d"},
+            "treatment": {"name": "demo-classifier", "version": "3", "run_id": "9f8e"},
+        },
+        "code_version": "4e5f6a7",
+        "image_tag": "ctl-v2.trt-v3.code-4e5f6a7",
+        **changes,
+    }
+    return ReleaseSpec(**fields)
+
+
+def cli() -> click.Group:
+    from pipeline.cli import _Group
+
+    @click.group(cls=_Group)
+    @click.option("--debug", is_flag=True)
+    def root(debug: bool) -> None:
+        pass
+
+    root.add_command(release)
+    root.add_command(releases)
+    return root
+
+
+@pytest.fixture
+def rendered(tmp_path: Path) -> dict[str, Path]:
+    return render_release(demo_spec(), ReleaseConfig(), tmp_path / "release")
+
+
+def load(path: Path) -> Any:
+    return (
+        json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+    )
+
+
+def stages_by_name(pipeline: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {stage["name"]: stage for stage in pipeline["stages"]}
+
+
+def ancestors(pipeline: dict[str, Any], ref: str) -> set[str]:
+    by_ref = {stage["refId"]: stage for stage in pipeline["stages"]}
+    seen: set[str] = set()
+    todo = list(by_ref[ref]["requisiteStageRefIds"])
+    while todo:
+        parent = todo.pop()
+        if parent not in seen:
+            seen.add(parent)
+            todo.extend(by_ref[parent]["requisiteStageRefIds"])
+    return seen
+
+
+def all_manifests(rendered: dict[str, Path]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for rel, path in rendered.items():
+        if rel.startswith("k8s/"):
+            yield rel, load(path)
+    for stage in load(rendered["pipeline.json"])["stages"]:
+        for manifest in stage.get("manifests", []):
+            yield f"stage {stage['name']!r}", manifest
+
+
+# --- Kubernetes manifests -------------------------------------------------------------------------
+
+
+def test_every_manifest_is_valid_against_the_kubernetes_schemas(rendered: dict[str, Path]) -> None:
+    kinds = set()
+    for where, manifest in all_manifests(rendered):
+        try:
+            kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{where}: {exc}")
+        kinds.add(manifest["kind"])
+    assert kinds == {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
+
+
+def test_the_schema_check_rejects_a_broken_manifest(rendered: dict[str, Path]) -> None:
+    manifest = load(rendered["k8s/deployment.yaml"])
+    manifest["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "http"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+
+
+def test_deployments_are_hardened_and_probed(rendered: dict[str, Path]) -> None:
+    for rel in (
+        "k8s/deployment.yaml",
+        "k8s/deployment-canary.yaml",
+        "k8s/deployment-baseline.yaml",
+    ):
+        pod = load(rendered[rel])["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["ports"] == [{"name": "http", "containerPort": 3000, "protocol": "TCP"}]
+        assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["startupProbe"]["httpGet"]["path"] == "/livez"
+        assert container["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
+        assert pod["terminationGracePeriodSeconds"] > int(
+            container["lifecycle"]["preStop"]["exec"]["command"][1]
+        )
+        security = container["securityContext"]
+        assert security["runAsNonRoot"] and security["runAsUser"] == 10001
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["readOnlyRootFilesystem"] is True
+        assert security["capabilities"] == {"drop": ["ALL"]}
+        assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        # The read-only image still needs scratch where BentoML and tempfile write.
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert {"/tmp", "/home/bentoship/bentoml", "/home/bentoship/.cache"} <= set(mounts)
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert all("emptyDir" in volumes[name] for name in mounts.values())
+        assert container["resources"]["requests"] and container["resources"]["limits"]
+
+
+def test_tracks_have_distinct_names_labels_and_selectors(rendered: dict[str, Path]) -> None:
+    names, selectors = set(), []
+    for rel, track in [
+        ("k8s/deployment.yaml", "production"),
+        ("k8s/deployment-canary.yaml", "canary"),
+        ("k8s/deployment-baseline.yaml", "baseline"),
+    ]:
+        deployment = load(rendered[rel])
+        names.add(deployment["metadata"]["name"])
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert labels["track"] == track and labels["app"] == "demo-classifier"
+        assert deployment["spec"]["selector"]["matchLabels"] == {
+            "app": "demo-classifier",
+            "track": track,
+        }
+        selectors.append(deployment["spec"]["selector"]["matchLabels"])
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/port"] == "3000"
+    assert names == {"demo-classifier", "demo-classifier-canary", "demo-classifier-baseline"}
+    # The Service reaches every track, so canary and baseline take real traffic.
+    assert load(rendered["k8s/service.yaml"])["spec"]["selector"] == {"app": "demo-classifier"}
+    hpa = load(rendered["k8s/hpa.yaml"])
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "demo-classifier"
+    assert "replicas" not in load(rendered["k8s/deployment.yaml"])["spec"]  # the HPA owns it
+    assert (
+        load(rendered["k8s/pdb.yaml"])["spec"]["selector"]["matchLabels"]["track"] == "production"
+    )
+
+
+# --- images by digest -----------------------------------------------------------------------------
+
+
+def test_images_are_referenced_by_digest_everywhere_never_by_tag(rendered: dict[str, Path]) -> None:
+    text = "\n".join(path.read_text() for path in rendered.values())
+    mentions = re.findall(re.escape(REPO) + r"(.{0,72})", text)
+    assert mentions
+    for after in mentions:
+        assert after.startswith(("@sha256:", '"')), f"{REPO}{after} is not a digest reference"
+    assert ":ctl-v" not in text
+
+    images: dict[str, set[str]] = {}
+    for where, manifest in all_manifests(rendered):
+        if manifest["kind"] == "Deployment":
+            for container in manifest["spec"]["template"]["spec"]["containers"]:
+                assert re.fullmatch(re.escape(REPO) + r"@sha256:[0-9a-f]{64}", container["image"])
+                images.setdefault(manifest["metadata"]["name"], set()).add(container["image"])
+    assert images == {
+        "demo-classifier": {f"{REPO}@{NEW}"},
+        "demo-classifier-canary": {f"{REPO}@{NEW}"},
+        "demo-classifier-baseline": {f"{REPO}@{PROD}"},
+    }
+    pipeline = load(rendered["pipeline.json"])
+    (artifact,) = pipeline["expectedArtifacts"]
+    assert artifact["matchArtifact"]["type"] == "docker/image"
+    assert artifact["defaultArtifact"]["reference"] == f"{REPO}@{NEW}"
+
+
+# --- Spinnaker pipeline ---------------------------------------------------------------------------
+
+
+def test_pipeline_is_what_spin_pipeline_save_accepts(rendered: dict[str, Path]) -> None:
+    pipeline = load(rendered["pipeline.json"])
+    for key in (
+        "application",
+        "name",
+        "parameterConfig",
+        "expectedArtifacts",
+        "triggers",
+        "stages",
+    ):
+        assert key in pipeline
+    assert pipeline["application"] == "bentoship"
+    assert pipeline["name"] == "demo-classifier-release"
+    for stage in pipeline["stages"]:
+        assert {"refId", "requisiteStageRefIds", "type", "name"} <= set(stage)
+        assert isinstance(stage["refId"], str)
+    for stage in pipeline["stages"]:
+        if stage["type"] in ("deployManifest", "deleteManifest", "undoRolloutManifest"):
+            assert stage["account"] == "kubernetes" and stage["cloudProvider"] == "kubernetes"
+        if "stageEnabled" in stage:
+            # Orca wraps the expression in ${...} itself.
+            assert stage["stageEnabled"]["type"] == "expression"
+            assert not stage["stageEnabled"]["expression"].startswith("${")
+    (parameter,) = pipeline["parameterConfig"]
+    assert parameter["name"] == "promote" and parameter["default"] == "true"
+
+
+def test_pipeline_stages_form_a_dag_in_release_order(rendered: dict[str, Path]) -> None:
+    pipeline = load(rendered["pipeline.json"])
+    refs = [stage["refId"] for stage in pipeline["stages"]]
+    assert len(refs) == len(set(refs))
+    for stage in pipeline["stages"]:
+        assert set(stage["requisiteStageRefIds"]) <= set(refs), stage["name"]
+
+    # No cycles: Kahn's algorithm consumes every stage.
+    indegree = {ref: 0 for ref in refs}
+    children: dict[str, list[str]] = {ref: [] for ref in refs}
+    for stage in pipeline["stages"]:
+        for parent in stage["requisiteStageRefIds"]:
+            indegree[stage["refId"]] += 1
+            children[parent].append(stage["refId"])
+    ready, ordered = [r for r, n in indegree.items() if n == 0], []
+    while ready:
+        ref = ready.pop()
+        ordered.append(ref)
+        for child in children[ref]:
+            indegree[child] -= 1
+            if indegree[child] == 0:
+                ready.append(child)
+    assert sorted(ordered) == sorted(refs), "the stage graph has a cycle"
+
+    stages = stages_by_name(pipeline)
+    baseline, canary = stages["Deploy baseline"], stages["Deploy canary"]
+    analysis, promote = stages["Canary analysis"], stages["Promote to production"]
+    assert baseline["requisiteStageRefIds"] == [] and canary["requisiteStageRefIds"] == []
+    assert analysis["type"] == "kayentaCanary"
+    assert {baseline["refId"], canary["refId"]} <= ancestors(pipeline, analysis["refId"])
+    assert analysis["refId"] in ancestors(pipeline, promote["refId"])
+    undo = stages["Undo production rollout"]
+    assert undo["type"] == "undoRolloutManifest"
+    assert promote["refId"] in ancestors(pipeline, undo["refId"])
+    for name in ("Delete canary", "Delete baseline"):
+        assert stages[name]["type"] == "deleteManifest"
+        assert analysis["refId"] in ancestors(pipeline, stages[name]["refId"])
+    verdict = stages["Verdict"]
+    assert verdict["type"] == "checkPreconditions"
+    assert ancestors(pipeline, verdict["refId"]) == set(refs) - {verdict["refId"]}
+
+
+def test_failure_path_continues_to_cleanup_and_fails_the_pipeline_at_the_end(
+    rendered: dict[str, Path],
+) -> None:
+    stages = stages_by_name(load(rendered["pipeline.json"]))
+    for name in ("Deploy baseline", "Deploy canary", "Canary analysis", "Promote to production"):
+        assert stages[name]["failPipeline"] is False and stages[name]["continuePipeline"] is True
+    assert "Canary analysis" in stages["Promote to production"]["stageEnabled"]["expression"]
+    assert "'SUCCEEDED'" in stages["Promote to production"]["stageEnabled"]["expression"]
+    assert "FAILED_CONTINUE" in stages["Undo production rollout"]["stageEnabled"]["expression"]
+    assert stages["Delete canary"]["manifestName"] == "deployment demo-classifier-canary"
+    assert stages["Delete baseline"]["manifestName"] == "deployment demo-classifier-baseline"
+    assert "stageEnabled" not in stages["Delete canary"]  # cleanup always runs
+    preconditions = stages["Verdict"]["preconditions"]
+    assert all(p["failPipeline"] is True for p in preconditions)
+    assert all(p["context"]["expression"].startswith("${") for p in preconditions)
+
+
+def test_kayenta_stage_points_at_the_canary_config(rendered: dict[str, Path]) -> None:
+    analysis = stages_by_name(load(rendered["pipeline.json"]))["Canary analysis"]
+    config = load(rendered["canary-config.json"])
+    assert analysis["analysisType"] == "realTime"
+    canary = analysis["canaryConfig"]
+    assert canary["canaryConfigId"] == config["id"]
+    assert canary["lifetimeDuration"] == "PT30M"
+    assert canary["canaryAnalysisIntervalMins"] == 10
+    assert canary["scoreThresholds"] == {"marginal": 75, "pass": 95}
+    assert canary["metricsAccountName"] == "prometheus"
+    assert canary["storageAccountName"] == "kayenta-storage"
+    (scope,) = canary["scopes"]
+    assert scope["controlScope"] == "baseline" and scope["experimentScope"] == "canary"
+    assert scope["controlLocation"] == scope["experimentLocation"] == "bentoship"
+    assert scope["scopeName"] == "default"
+
+
+# --- Kayenta canary config ------------------------------------------------------------------------
+
+
+def contract_metrics() -> dict[str, set[str]]:
+    """Contract 5 of docs/contracts.md: metric name -> its labels."""
+    text = (ROOT / "docs" / "contracts.md").read_text()
+    section = text.split("## 5.", 1)[1].split("\n## ", 1)[0]
+    metrics = {}
+    for name, labels in re.findall(r"^\| `(\w+)` \| \w+ \| (.*) \|$", section, re.MULTILINE):
+        metrics[name] = set(re.findall(r"`(\w+)`", labels))
+    return metrics
+
+
+def test_canary_metrics_are_exactly_those_of_contract_5(rendered: dict[str, Path]) -> None:
+    contract = contract_metrics()
+    assert set(CANARY_METRIC_NAMES) <= set(contract)
+    assert set(CANARY_METRIC_LABELS) == set().union(*(contract[m] for m in CANARY_METRIC_NAMES))
+    for series in CANARY_SERIES:
+        assert any(series == m or series.startswith(f"{m}_") for m in CANARY_METRIC_NAMES)
+
+    config = load(rendered["canary-config.json"])
+    used_series, used_labels = set(), set()
+    for metric in config["metrics"]:
+        query = metric["query"]
+        assert query["type"] == query["serviceType"] == "prometheus"
+        assert query["metricName"] in CANARY_METRIC_NAMES
+        promql = query["customInlineTemplate"]
+        assert promql.startswith("PromQL:")
+        used_series |= set(re.findall(r"\b(bentoship_\w+)\{", promql))
+        for selector in re.findall(
+            r"\{([^{}]*)\}", promql.replace("${scope}", "S").replace("${location}", "L")
+        ):
+            used_labels |= set(re.findall(r"(\w+)\s*=~?", selector))
+        used_labels |= set(re.findall(r"by \((\w+)\)", promql))
+    assert used_series == set(CANARY_SERIES)
+    assert used_labels <= set(CANARY_METRIC_LABELS) | set(SCOPE_LABELS) | {"le"}
+    assert "status" in used_labels and "variant" in used_labels
+
+
+def test_canary_config_has_kayenta_fields_and_weights_summing_to_100(
+    rendered: dict[str, Path],
+) -> None:
+    config = load(rendered["canary-config.json"])
+    for key in (
+        "name",
+        "applications",
+        "judge",
+        "metrics",
+        "classifier",
+        "configVersion",
+        "templates",
+    ):
+        assert key in config
+    assert config["judge"] == {"name": "NetflixACAJudge-v1.0", "judgeConfigurations": {}}
+    weights = config["classifier"]["groupWeights"]
+    assert sum(weights.values()) == 100
+    assert config["classifier"]["scoreThresholds"] == {"marginal": 75, "pass": 95}
+    by_name = {m["name"]: m for m in config["metrics"]}
+    for metric in config["metrics"]:
+        assert set(metric["groups"]) <= set(weights)
+        assert metric["scopeName"] == "default"
+        analysis = metric["analysisConfigurations"]["canary"]
+        assert {"direction", "critical", "nanStrategy", "mustHaveData"} <= set(analysis)
+        assert analysis["direction"] in ("increase", "decrease", "either")
+        assert analysis["nanStrategy"] in ("remove", "replace")
+    assert {m["groups"][0] for m in config["metrics"]} == set(weights)
+    errors = by_name["5xx error ratio"]
+    assert 'status=~"5.."' in errors["query"]["customInlineTemplate"]
+    assert errors["analysisConfigurations"]["canary"]["critical"] is True
+    assert (
+        "histogram_quantile(0.99" in by_name["p99 latency seconds"]["query"]["customInlineTemplate"]
+    )
+    for variant in ("control", "treatment"):
+        score = by_name[f"mean prediction score {variant}"]
+        assert f'variant="{variant}"' in score["query"]["customInlineTemplate"]
+        assert score["analysisConfigurations"]["canary"]["direction"] == "either"
+
+
+# --- release kinds --------------------------------------------------------------------------------
+
+
+def test_first_release_deploys_directly_and_says_so(tmp_path: Path) -> None:
+    files = render_release(demo_spec(baseline_digest=None), ReleaseConfig(), tmp_path)
+    pipeline = load(files["pipeline.json"])
+    assert [s["type"] for s in pipeline["stages"]] == ["deployManifest"]
+    assert "First release" in pipeline["description"]
+    assert "no baseline/canary comparison" in pipeline["description"]
+    assert "k8s/deployment-canary.yaml" not in files and "k8s/deployment-baseline.yaml" not in files
+    assert not (tmp_path / "k8s" / "deployment-canary.yaml").exists()
+
+
+def test_rollback_skips_the_canary_but_undoes_a_failed_rollout(tmp_path: Path) -> None:
+    spec = demo_spec(kind="rollback", skip_canary=True)
+    pipeline = load(render_release(spec, ReleaseConfig(), tmp_path)["pipeline.json"])
+    types = [s["type"] for s in pipeline["stages"]]
+    assert types == ["deployManifest", "undoRolloutManifest", "checkPreconditions"]
+    assert "kayentaCanary" not in types
+    assert "Rollback" in pipeline["description"]
+
+
+def test_a_direct_render_removes_canary_files_of_an_earlier_render(tmp_path: Path) -> None:
+    render_release(demo_spec(), ReleaseConfig(), tmp_path)
+    assert (tmp_path / "k8s" / "deployment-canary.yaml").exists()
+    render_release(demo_spec(kind="rollback", skip_canary=True), ReleaseConfig(), tmp_path)
+    assert not (tmp_path / "k8s" / "deployment-canary.yaml").exists()
+
+
+def test_openapi_spec_is_copied_into_the_release(tmp_path: Path) -> None:
+    openapi = {"openapi": "3.0.3", "info": {"title": "demo", "version": "1"}, "paths": {}}
+    files = render_release(demo_spec(openapi=openapi), ReleaseConfig(), tmp_path)
+    assert load(files["openapi.json"]) == openapi
+
+
+# --- bad input: the error names the key, nothing is written -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "words"),
+    [
+        ({"canary": {"group_weights": {"errors": 50, "latency": 30, "predictions": 30}}},
+         "release.canary", "sum to 100"),
+        ({"canary": {"group_weights": {"errors": 100}}}, "release.canary", "allowed and required"),
+        ({"canary": {"thresholds": {"marginal": 95, "pass": 95}}}, "release.canary.thresholds",
+         "lower than pass"),
+        ({"canary": {"thresholds": {"marginal": 75, "pass": 101}}}, "release.canary.thresholds.pass",
+         "100"),
+        ({"namespace": "ML-Serving"}, "release.namespace", "DNS-1123"),
+        ({"namespace": "ml_serving"}, "release.namespace", "DNS-1123"),
+        ({"account": "Prod"}, "release.account", "DNS-1123"),
+        ({"application": "my-app"}, "release.application", "lowercase letters and digits"),
+        ({"replicas": {"min": 2, "min_available": 2}}, "release.replicas", "min_available"),
+        ({"canary": {"lifetime": "30 minutes"}}, "release.canary", "PT30M"),
+        ({"canary": {"lifetime": 5, "interval_minutes": 10}}, "release.canary", "never run"),
+        ({"resources": {"cpu_request": "4", "cpu_limit": "2"}}, "release.resources", "exceeds"),
+        ({"canary": {"replica": 2}}, "release.canary.replica", "allowed keys here"),
+    ],
+)  # fmt: skip
+def test_bad_release_config_names_the_key(table: dict[str, Any], key: str, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_release_config(table, source="bentoship.toml")
+    message = str(info.value)
+    assert message.startswith("bentoship.toml:")
+    assert key in message and words in message, message
+
+
+def test_load_release_config_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "bentoship.toml"
+    path.write_text('[release]\nnamespace = "Bad_NS"\n')
+    with pytest.raises(ConfigError, match=r"(?s)bentoship\.toml: .*release\.namespace: .*DNS-1123"):
+        load_release_config(path)
+    path.write_text("[release\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_release_config(path)
+    with pytest.raises(ConfigError, match="no such configuration file"):
+        load_release_config(tmp_path / "missing.toml")
+    assert load_release_config(None) == ReleaseConfig()
+    path.write_text("[build]\nname = 'x'\n")
+    assert load_release_config(path) == ReleaseConfig()
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [
+        ({"digest": "ctl-v2.trt-v3.code-4e5f6a7"}, "digest"),
+        ({"digest": "sha256:abc"}, "digest"),
+        ({"repository": f"{REPO}:ctl-v2.trt-v3.code-4e5f6a7"}, "repository"),
+        ({"baseline_digest": "latest"}, "baseline_digest"),
+        ({"baseline_digest": NEW}, "baseline_digest"),
+        ({"name": "Demo_Classifier"}, "name"),
+        ({"image_tag": "latest"}, "image_tag"),
+        ({"skip_canary": True}, "skip_canary"),
+        ({"model_versions": {}}, "model_versions"),
+    ],
+)
+def test_bad_spec_names_the_key_and_writes_nothing(
+    tmp_path: Path, changes: dict[str, Any], key: str
+) -> None:
+    outdir = tmp_path / "release"
+    with pytest.raises(ReleaseError, match=rf"^{key}: "):
+        render_release(demo_spec(**changes), ReleaseConfig(), outdir)
+    assert not outdir.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_render_leaves_an_earlier_release_untouched(tmp_path: Path) -> None:
+    files = render_release(demo_spec(), ReleaseConfig(), tmp_path)
+    before = {rel: path.read_text() for rel, path in files.items()}
+    with pytest.raises(ReleaseError):
+        render_release(demo_spec(digest="sha256:nope"), ReleaseConfig(), tmp_path)
+    assert {rel: path.read_text() for rel, path in files.items()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "canary-config.json",
+        "k8s",
+        "pipeline.json",
+    ]
+
+
+# --- CLI ------------------------------------------------------------------------------------------
+
+
+def test_cli_renders_the_example_release_exactly(tmp_path: Path) -> None:
+    """docs/example-release is what this command renders; re-render it when this fails."""
+    result = CliRunner().invoke(
+        cli(), [*EXAMPLE_ARGS, "--out", str(tmp_path), "--output", "json"], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["mode"] == "canary" and report["image"] == f"{REPO}@{NEW}"
+    assert set(report["files"]) == {
+        "pipeline.json", "canary-config.json", "k8s/deployment.yaml", "k8s/deployment-canary.yaml",
+        "k8s/deployment-baseline.yaml", "k8s/service.yaml", "k8s/hpa.yaml", "k8s/pdb.yaml",
+    }  # fmt: skip
+    for rel in report["files"]:
+        assert (tmp_path / rel).read_text() == (EXAMPLE / rel).read_text(), (
+            f"docs/example-release/{rel} is stale: re-render it (spinnaker/README.md)"
+        )
+    pipeline = load(tmp_path / "pipeline.json")
+    assert pipeline["application"] == "bentoship" and pipeline["stages"][0]["account"] == "prod-k8s"
+    assert stages_by_name(pipeline)["Canary analysis"]["canaryConfig"]["lifetimeDuration"] == "PT1H"
+
+
+def test_cli_refuses_a_tag_as_usage_error(tmp_path: Path) -> None:
+    args = [
+        a if a != f"{REPO}@{NEW}" else f"{REPO}:ctl-v2.trt-v3.code-4e5f6a7" for a in EXAMPLE_ARGS
+    ]
+    result = CliRunner().invoke(cli(), [*args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "--image" in result.output and "digest" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_bad_config_exits_1_naming_file_and_key(tmp_path: Path) -> None:
+    config = tmp_path / "bentoship.toml"
+    config.write_text("[release.canary]\nthresholds = { marginal = 90, pass = 80 }\n")
+    args = [*EXAMPLE_ARGS[:-1], str(config), "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(cli(), args)
+    assert result.exit_code == 1
+    assert str(config) in result.output and "release.canary.thresholds" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_checks_the_tag_against_the_model_versions(tmp_path: Path) -> None:
+    args = [
+        a if a != "ctl-v2.trt-v3.code-4e5f6a7" else "ctl-v1.trt-v3.code-4e5f6a7"
+        for a in EXAMPLE_ARGS
+    ]
+    result = CliRunner().invoke(cli(), [*args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "control v1" in result.output and "control v2" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_errors_are_pipeline_errors() -> None:
+    assert issubclass(ReleaseError, PipelineError) and issubclass(ConfigError, PipelineError)
