@@ -1,7 +1,7 @@
-"""CLI commands for releases: `bentoship release render` and `bentoship releases list|show`.
+"""CLI commands for releases: `bentoship release`, `render` and `releases list|show`.
 
-The root group in pipeline/cli.py registers `release` and `releases`; both only parse,
-call pipeline.release / pipeline.ledger and print.
+The root group in pipeline/cli.py registers them; they only parse, call pipeline.handoff,
+pipeline.release or pipeline.ledger, and print.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Any
 
 import click
 
-from pipeline._options import emit, output_option, say
+from pipeline._options import emit, output_option, quiet_option, say
+from pipeline.settings import load_settings
 
 _MODEL = re.compile(r"^(?P<name>[^/]+)/(?P<version>\d+)(?:/(?P<run_id>[0-9a-f]+))?$")
 _TAG_VERSIONS = re.compile(r"^ctl-v(?P<ctl>\d+)(?:\.trt-v(?P<trt>\d+))?\.code-(?P<code>.+)$")
@@ -52,12 +53,7 @@ def _client() -> Any:
     return client_for(settings.tracking_uri, settings.registry_uri)
 
 
-@click.group("release")
-def release() -> None:
-    """Render release files for an image already pushed by digest."""
-
-
-@release.command("render")
+@click.command("render")
 @click.option(
     "--image",
     required=True,
@@ -298,3 +294,53 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
         "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
         for row in (header, *rows)
     )
+
+
+@click.command("release")
+@click.option("--model", "control", required=True, metavar="NAME@ALIAS|NAME/VERSION",
+              help="The control model version.")
+@click.option("--treatment", metavar="NAME@ALIAS|NAME/VERSION", help="An optional treatment.")
+@click.option("--treatment-weight", type=int, metavar="PERCENT",
+              help="Share of traffic for the treatment. [default: 10 with --treatment]")
+@click.option("--name", help="Service name. [default: the control's registered name]")
+@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="TOML file whose [release] table sets namespace, accounts, replicas, canary "
+              "durations and thresholds. [default: built-in defaults]")
+@click.option("--out", "outdir", type=click.Path(path_type=Path, file_okay=False),
+              default=Path("release"), show_default=True, help="Where the files are written.")
+@click.option("--submit", is_flag=True,
+              help="Also save the pipeline with `spin pipeline save` (needs `spin` on PATH).")
+@click.option("--allow-pickle", is_flag=True, help="Allow models that only load by unpickling.")
+@output_option
+@quiet_option
+def release(control: str, treatment: str | None, treatment_weight: int | None, name: str | None,
+            config_path: Path | None, outdir: Path, submit: bool, allow_pickle: bool,
+            output: str, quiet: bool) -> None:
+    """Build (or reuse) and push the image, render the canary release, record it.
+
+    \b
+    Writes into --out: pipeline.json (for `spin pipeline save --file`), canary-config.json
+    (Kayenta) and the Kubernetes manifests, all referring to the image by digest. The
+    baseline is the image of the newest successful release of this service in the ledger;
+    the first release deploys directly. The release is recorded in the ledger only after
+    the push and the rendering succeeded.
+    """
+    from pipeline import handoff
+    from pipeline.build import BuildRequest
+    from pipeline.release import load_release_config
+
+    config = load_release_config(config_path)
+    request = BuildRequest(control=control, treatment=treatment, name=name,
+                           treatment_weight=treatment_weight, allow_pickle=allow_pickle)
+    done = handoff.release(request, load_settings(), config, outdir,
+                           echo=lambda m: say(m, quiet=quiet), submit=submit)
+    emit(done.as_dict(), output, _handoff_text(done))
+
+
+def _handoff_text(done: Any) -> str:
+    lines = [f"Release {done.record.short_id} ({done.spec.kind}, {done.spec.mode}): {done.spec.image}"]
+    if done.spec.baseline_image:
+        lines.append(f"Baseline (production): {done.spec.baseline_image}")
+    lines += [f"  {rel}" for rel in sorted(done.files)]
+    lines.append(done.submit_note)
+    return "\n".join(lines)

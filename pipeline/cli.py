@@ -47,11 +47,12 @@ def main() -> None:
 
 def _register() -> None:
     from pipeline._cli_openapi import openapi
-    from pipeline._cli_release import release, releases
+    from pipeline._cli_release import release, releases, render
 
     cli.add_command(openapi)
     cli.add_command(release)
     cli.add_command(releases)
+    cli.add_command(render)
 
 
 def _settings():  # type: ignore[no-untyped-def]
