@@ -17,6 +17,10 @@ def store_settings(directory: Path) -> Settings:
     )
 
 
+def train_demo(settings: Settings) -> None:
+    demo.train(settings.tracking_uri, artifact_root=settings.artifact_root)
+
+
 @pytest.fixture(scope="session")
 def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """A real SQLite MLflow store with the two demo versions (read-only for tests)."""

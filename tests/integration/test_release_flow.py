@@ -1,0 +1,120 @@
+"""`bentoship release` on real parts: MLflow store, BentoML, Docker engine, OCI registry, ledger."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline import handoff, ledger, smoke
+from pipeline.build import BuildRequest
+from pipeline.cli import cli
+from pipeline.errors import PushError
+from pipeline.registry import client_for
+from pipeline.release import CANARY_METRIC_NAMES, parse_release_config
+from pipeline.settings import Settings
+from tests.stores import store_settings, train_demo
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+AB = BuildRequest(control="demo-classifier@champion", treatment="demo-classifier@challenger",
+                  name="release-flow")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    settings = store_settings(tmp_path_factory.mktemp("release-store"))
+    train_demo(settings)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def two_releases(store: Settings, docker_client, base_image, tmp_path_factory):  # type: ignore[no-untyped-def]
+    out = tmp_path_factory.mktemp("releases")
+    config = parse_release_config({})
+    first = handoff.release(AB, store, config, out / "first", echo=print)
+    swapped = replace(AB, control="demo-classifier/2", treatment="demo-classifier/1")
+    second = handoff.release(swapped, store, config, out / "second", echo=print)
+    return first, second
+
+
+def _ledger_ids(store: Settings) -> list[str]:
+    return [r.release_id for r in ledger.list_releases(client_for(store.tracking_uri), limit=100)]
+
+
+def test_first_release_deploys_directly_and_is_recorded(two_releases, store: Settings) -> None:  # type: ignore[no-untyped-def]
+    first, _ = two_releases
+    assert first.spec.mode == "direct" and first.spec.baseline_digest is None
+    record = ledger.get_release(client_for(store.tracking_uri), first.record.release_id)
+    assert record.image == first.spec.image
+    assert record.image.startswith("127.0.0.1:5000/release-flow@sha256:")
+    assert record.model_versions["treatment"]["version"] == "2"
+
+
+def test_second_release_canaries_against_production(two_releases) -> None:  # type: ignore[no-untyped-def]
+    first, second = two_releases
+    assert second.spec.mode == "canary"
+    assert second.spec.baseline_digest == first.spec.digest
+    pipeline = json.loads(second.files["pipeline.json"].read_text())
+    kinds = [stage["type"] for stage in pipeline["stages"]]
+    assert "kayentaCanary" in kinds
+    canary = (second.files["k8s/deployment-canary.yaml"]).read_text()
+    baseline = (second.files["k8s/deployment-baseline.yaml"]).read_text()
+    assert second.spec.digest in canary and first.spec.digest in baseline
+    assert ":ctl-v" not in canary  # by digest, never by tag
+
+
+def test_release_records_the_openapi_spec(two_releases) -> None:  # type: ignore[no-untyped-def]
+    _, second = two_releases
+    spec = json.loads(second.files["openapi.json"].read_text())
+    assert "/predict" in spec["paths"]
+    assert second.spec.image_tag in json.dumps(spec["info"])
+
+
+def test_canary_metric_names_exist_on_the_service(two_releases, docker_client) -> None:  # type: ignore[no-untyped-def]
+    _, second = two_releases
+    running = smoke.start(docker_client, second.spec.image)
+    try:
+        row = smoke.example_row(running.container)
+        for key in range(5):
+            smoke.predict(running.url, [{**row, "request_id": f"user-{key}"}])
+        with urllib.request.urlopen(f"{running.url}/metrics", timeout=10) as response:
+            exposed = response.read().decode()
+    finally:
+        smoke.stop(running.container)
+    for name in CANARY_METRIC_NAMES:
+        assert f"{name}" in exposed, name
+    assert 'variant="control"' in exposed or 'variant="treatment"' in exposed
+
+
+def test_bad_config_records_nothing_and_builds_nothing(
+    store: Settings, two_releases, tmp_path: Path, docker_client  # type: ignore[no-untyped-def]
+) -> None:
+    bad = tmp_path / "bentoship.toml"
+    bad.write_text("[release.canary]\nthresholds = {marginal = 90, pass = 75}\n")
+    before = _ledger_ids(store)
+    images_before = {i.id for i in docker_client.images.list()}
+    result = CliRunner().invoke(
+        cli,
+        ["release", "--model", "demo-classifier@champion", "--config", str(bad),
+         "--out", str(tmp_path / "out")],
+        env={"MLFLOW_TRACKING_URI": store.tracking_uri, "BENTOSHIP_HOME": str(store.home)},
+    )
+    assert result.exit_code == 1, result.output
+    assert "release.canary.thresholds" in result.output
+    assert not (tmp_path / "out").exists()
+    assert _ledger_ids(store) == before
+    assert {i.id for i in docker_client.images.list()} == images_before
+
+
+def test_push_failure_records_nothing(store: Settings, two_releases, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    before = _ledger_ids(store)
+    down = replace(store, oci_registry="127.0.0.1:5999")
+    with pytest.raises(PushError, match="not reachable"):
+        handoff.release(AB, down, parse_release_config({}), tmp_path / "out", echo=print)
+    assert _ledger_ids(store) == before
+    assert not (tmp_path / "out").exists()
