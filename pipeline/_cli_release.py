@@ -144,7 +144,7 @@ def render(
 
     \b
     Example:
-      bentoship release render --name demo-classifier \\
+      bentoship render --name demo-classifier \\
           --image 127.0.0.1:5000/demo-classifier@sha256:<new> \\
           --baseline 127.0.0.1:5000/demo-classifier@sha256:<production> \\
           --control demo-classifier/1 --treatment demo-classifier/2 \\

@@ -6,10 +6,11 @@ object on stdout so CI can parse it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, TextIO, TypeVar
 
 import click
 
@@ -35,12 +36,30 @@ def say(message: str, *, quiet: bool = False) -> None:
         click.echo(message, err=True)
 
 
+_result_stream: list[TextIO] = []
+
+
+@contextlib.contextmanager
+def results_only_on_stdout() -> Iterator[None]:
+    """Send whatever libraries print (MLflow's registration notices...) to stderr.
+
+    stdout then carries only what `emit` writes, so `--output json` parses.
+    """
+    _result_stream.append(sys.stdout)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _result_stream.pop()
+
+
 def emit(result: dict[str, Any], output: str, text: str) -> None:
     """Print the final result: `text` for humans, or `result` as one JSON object."""
+    stream = _result_stream[-1] if _result_stream else sys.stdout
     if output == "json":
-        click.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
+        click.echo(json.dumps(result, indent=2, sort_keys=True, default=str), file=stream)
     else:
-        click.echo(text)
+        click.echo(text, file=stream)
 
 
 def fail(message: str) -> None:

@@ -7,11 +7,13 @@ what to do), 2 a usage error. `--debug` re-raises with the traceback.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
-from pipeline._options import emit, output_option, quiet_option, say
+from pipeline._options import emit, output_option, quiet_option, results_only_on_stdout, say
 from pipeline.errors import PipelineError
+from pipeline.progress import Progress
 
 
 class _Group(click.Group):
@@ -19,7 +21,8 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> object:
         try:
-            return super().invoke(ctx)
+            with results_only_on_stdout():
+                return super().invoke(ctx)
         except PipelineError as exc:
             if ctx.find_root().params.get("debug"):
                 raise
@@ -46,6 +49,7 @@ def main() -> None:
 
 
 def _register() -> None:
+    from pipeline._cli_ci import ci, rollback
     from pipeline._cli_openapi import openapi
     from pipeline._cli_release import release, releases, render
 
@@ -53,6 +57,8 @@ def _register() -> None:
     cli.add_command(release)
     cli.add_command(releases)
     cli.add_command(render)
+    cli.add_command(ci)
+    cli.add_command(rollback)
 
 
 def _settings():  # type: ignore[no-untyped-def]
@@ -129,11 +135,14 @@ def demo_train(if_missing: bool, output: str) -> None:
               help="Score at or above which the prediction is 1.")
 @click.option("--ready-timeout", type=float, default=120.0, show_default=True, metavar="SECONDS",
               help="How long the smoke test waits for the container's /readyz.")
+@click.option("--services-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              hidden=True, help="Build from this copy of services/ (tests and benchmarks); its "
+              "code version is then a hash of its content, src-<hash7>.")
 @output_option
 @quiet_option
 def build(control: str, treatment: str | None, treatment_weight: int | None, name: str | None,
           push: bool, allow_pickle: bool, max_rows: int, threshold: float, ready_timeout: float,
-          output: str, quiet: bool) -> None:
+          services_dir: Path | None, output: str, quiet: bool) -> None:
     """Build a smoke-tested Docker image serving registry model versions.
 
     \b
@@ -155,11 +164,12 @@ def build(control: str, treatment: str | None, treatment_weight: int | None, nam
     request = BuildRequest(control=control, treatment=treatment, name=name,
                            treatment_weight=treatment_weight, push=push,
                            allow_pickle=allow_pickle, max_rows=max_rows, threshold=threshold,
-                           ready_timeout_s=ready_timeout)
-    result = run_build(request, _settings(), echo=lambda m: say(m, quiet=quiet))
+                           ready_timeout_s=ready_timeout, services_dir=services_dir)
+    result = run_build(request, _settings(), echo=Progress(quiet=quiet))
+    sizes = ", ".join(f"{group} {size / 1e6:.1f} MB" for group, size in result.layer_sizes.items())
     lines = [
         (f"{'Reused' if result.reused else 'Built'} {result.reference} "
-        f"({result.size_bytes / 1e6:.0f} MB) in {result.seconds:.0f}s"),
+        f"({result.size_bytes / 1e6:.0f} MB: {sizes}) in {result.seconds:.0f}s"),
     ]
     if result.pinned:
         lines.append(f"Pushed: {result.pinned}")
@@ -225,7 +235,8 @@ def serve(control: str, treatment: str | None, treatment_weight: int | None, por
 @cli.command()
 @click.argument("image_ref", metavar="IMAGE")
 @output_option
-def push(image_ref: str, output: str) -> None:
+@quiet_option
+def push(image_ref: str, output: str, quiet: bool) -> None:
     """Push a built IMAGE (REPOSITORY:TAG) to its OCI registry and print its digest.
 
     From then on refer to the image as REPOSITORY@sha256:..., never by tag.
@@ -236,7 +247,7 @@ def push(image_ref: str, output: str) -> None:
     repository, _, tag = image_ref.rpartition(":")
     if not repository or "/" in tag:
         raise click.UsageError(f"IMAGE must be REPOSITORY:TAG, got {image_ref!r}")
-    digest = image.push(connect(), repository, tag, echo=say)
+    digest = image.push(connect(), repository, tag, echo=Progress(quiet=quiet))
     emit({"image": image_ref, "digest": digest, "pinned": f"{repository}@{digest}"}, output,
          f"{repository}@{digest}")
 

@@ -3,13 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,9 +14,10 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from pipeline import ledger
-from pipeline._cli_release import release, releases
+from pipeline._cli_release import releases, render
 from pipeline.errors import ReleaseError
 from pipeline.release import ReleaseConfig, ReleaseSpec, render_release
+from tests.stores import running_mlflow_server
 
 REPO = "127.0.0.1:5000/demo-classifier"
 OPENAPI = {"openapi": "3.0.3", "info": {"title": "demo-classifier", "version": "1"}, "paths": {}}
@@ -64,58 +58,11 @@ def record(
 # --- backends -------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `mlflow server` on a free loopback port, stopped after the module."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    venv_bin = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    port = _free_port()
-    command = [
-        str(venv_bin / "mlflow"), "server",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--default-artifact-root", (root / "artifacts").as_uri(),
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]  # fmt: skip
-    log_path = root / "server.log"
-    with log_path.open("wb") as log:
-        # Its own session, so stopping it also stops the workers it forks.
-        server = subprocess.Popen(
-            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"mlflow server exited {server.returncode}:\n{log_path.read_text()}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"mlflow server did not answer /health in 180s:\n{log_path.read_text()}"
-                )
-            time.sleep(0.5)
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as url:
         yield url
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -272,7 +219,7 @@ def cli() -> click.Group:
     def root(debug: bool) -> None:
         pass
 
-    root.add_command(release)
+    root.add_command(render)
     root.add_command(releases)
     return root
 

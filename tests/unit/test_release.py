@@ -14,7 +14,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipeline._cli_release import release, releases
+from pipeline._cli_release import releases, render
 from pipeline.errors import ConfigError, PipelineError, ReleaseError
 from pipeline.release import (
     CANARY_METRIC_LABELS,
@@ -37,7 +37,7 @@ PROD = "sha256:5cda2d4db40fab0e8256f84b85415703486168dc2d29b07863d5c1995a45d222"
 
 # The arguments docs/example-release was rendered with (spinnaker/README.md shows the command).
 EXAMPLE_ARGS = [
-    "release", "render",
+    "render",
     "--name", "demo-classifier",
     "--image", f"{REPO}@{NEW}",
     "--baseline", f"{REPO}@{PROD}",
@@ -73,7 +73,7 @@ def cli() -> click.Group:
     def root(debug: bool) -> None:
         pass
 
-    root.add_command(release)
+    root.add_command(render)
     root.add_command(releases)
     return root
 
