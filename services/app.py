@@ -1,0 +1,218 @@
+"""The HTTP layer: a small Starlette app with orjson, mounted into BentoML at ``/``.
+
+Routes (contract 4): ``POST /predict``, ``GET /metadata``, ``GET /docs.json`` and
+``GET /openapi.json``. BentoML itself serves ``/livez``, ``/readyz`` and ``/metrics``; its
+own routes are matched before a mounted app, while a mounted app is matched before
+BentoML's ``/docs.json``, so ours (which documents ``/predict``) is the one served.
+
+Every error is ``{"error": code, "detail": [...]}`` with the status of the
+:class:`~services.errors.ServiceError` raised; 404/405 use the same shape. Any other
+exception is logged and answered ``internal_error`` (500): a bug, never the caller's input.
+
+The app holds an :class:`AppState` that the BentoML service fills in once its models are
+loaded and warmed up; until then ``/predict`` answers ``not_ready`` (503).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from services.config import ServiceConfig
+from services.errors import (
+    MalformedBodyError,
+    NotReadyError,
+    PayloadTooLargeError,
+    PostprocessError,
+    ServiceError,
+    describe,
+    problem,
+)
+from services.metrics import Metrics
+from services.openapi import build_spec
+from services.predictor import Prediction, Predictor
+
+logger = logging.getLogger("bentoship.service")
+
+JSON = "application/json"
+# Bodies above this size are scored in a worker thread so probes are not held up.
+INLINE_BODY_BYTES = 64 * 1024
+
+
+@dataclass
+class AppState:
+    """What the running service plugs into the app; ``None`` until warm-up is done."""
+
+    predictor: Predictor | None = None
+    metrics: Metrics | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.predictor is not None
+
+    def activate(self, predictor: Predictor, metrics: Metrics | None) -> None:
+        self.metrics = metrics
+        self.predictor = predictor
+
+
+def max_body_bytes(config: ServiceConfig) -> int:
+    """Generous upper bound on a valid body: 64 KiB plus 128 B + 256 B per feature per row."""
+    return 64 * 1024 + config.max_rows * (128 + 256 * len(config.features))
+
+
+def error_response(exc: ServiceError) -> Response:
+    return Response(orjson.dumps(exc.to_body()), status_code=exc.status, media_type=JSON)
+
+
+def create_app(config: ServiceConfig, state: AppState) -> Starlette:
+    spec = orjson.dumps(build_spec(config))
+    limit = max_body_bytes(config)
+    key_header = config.routing.key_header
+    override_header = config.routing.override_header
+
+    async def predict(request: Request) -> Response:
+        started = time.perf_counter()
+        predictor = state.predictor
+        try:
+            if predictor is None:
+                raise NotReadyError("models are still loading")
+            raw = await _read_body(request, limit)
+            headers = request.headers
+            # An empty header counts as absent.
+            header_key = (headers.get(key_header) or None) if key_header else None
+            override = (
+                (headers.get(override_header, "").strip() or None) if override_header else None
+            )
+            if len(raw) <= INLINE_BODY_BYTES:
+                result = predictor.predict_body(raw, header_key=header_key, override=override)
+            else:
+                result = await run_in_threadpool(
+                    predictor.predict_body, raw, header_key=header_key, override=override
+                )
+            content = _dump_rows(result)
+        except ServiceError as exc:
+            if exc.status >= 500:
+                logger.error("predict failed: %s %s", exc.code, exc.detail)
+            return _failed(state.metrics, started, exc)
+        except Exception as exc:  # a bug: log it, answer in our shape, never a bare 500
+            logger.exception("predict failed unexpectedly")
+            internal = ServiceError("internal error", [problem(None, None, describe(exc))])
+            return _failed(state.metrics, started, internal)
+        metrics = state.metrics
+        if metrics is not None:
+            metrics.record_success(time.perf_counter() - started, result.scores_by_variant)
+        return Response(content, media_type=JSON)
+
+    async def metadata(request: Request) -> Response:
+        return Response(orjson.dumps(_metadata(config, state)), media_type=JSON)
+
+    async def openapi(request: Request) -> Response:
+        return Response(spec, media_type=JSON)
+
+    app = Starlette(
+        routes=[
+            Route("/predict", predict, methods=["POST"]),
+            Route("/metadata", metadata, methods=["GET"]),
+            Route("/openapi.json", openapi, methods=["GET"]),
+            Route("/docs.json", openapi, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: _http_error},
+    )
+    return app
+
+
+def _dump_rows(result: Prediction) -> bytes:
+    try:
+        return orjson.dumps({"rows": result.rows}, option=orjson.OPT_SERIALIZE_NUMPY)
+    except TypeError as exc:  # orjson.JSONEncodeError: a postprocess hook returned odd values
+        raise PostprocessError(
+            "postprocess output is not JSON", [problem(None, None, describe(exc))]
+        ) from exc
+
+
+def _failed(metrics: Metrics | None, started: float, exc: ServiceError) -> Response:
+    if metrics is not None:
+        metrics.record_failure(time.perf_counter() - started, exc.status, exc.variant)
+    return error_response(exc)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(size, limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise MalformedBodyError(
+            "client disconnected",
+            [problem(None, None, "client disconnected while sending the body")],
+        ) from None
+    return b"".join(chunks)
+
+
+def _too_large(size: int, limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        "body too large",
+        [problem(None, None, f"body has at least {size} bytes; the limit is {limit}")],
+    )
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    body = {
+        "error": code,
+        "detail": [problem(None, None, f"{request.method} {request.url.path}: {exc.detail}")],
+    }
+    return Response(
+        orjson.dumps(body), status_code=exc.status_code, media_type=JSON, headers=exc.headers
+    )
+
+
+def _metadata(config: ServiceConfig, state: AppState) -> dict[str, Any]:
+    models = state.predictor.models if state.predictor is not None else {}
+    return {
+        "name": config.name,
+        "code_version": config.code_version,
+        "image_tag": config.image_tag,
+        "ready": state.ready,
+        "variants": [
+            {
+                "name": v.name,
+                "model_tag": v.model_tag,
+                "registered_name": v.registered_name,
+                "version": v.version,
+                "run_id": v.run_id,
+                "flavor": v.flavor,
+                "weight": v.weight,
+                "loader": models[v.name].loader if v.name in models else None,
+            }
+            for v in config.variants
+        ],
+        "features": [f.model_dump() for f in config.features],
+        "routing": config.routing.model_dump(),
+        "max_rows": config.max_rows,
+        "threshold": config.threshold,
+        "allow_pickle": config.allow_pickle,
+        "preprocess": config.preprocess,
+        "postprocess": config.postprocess,
+    }

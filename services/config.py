@@ -1,0 +1,286 @@
+"""The service configuration, ``services/bentoship.json`` (contract 2).
+
+The pipeline builds a :class:`ServiceConfig`, writes ``config.model_dump_json()`` next to
+``services/service.py`` in the build context, and the service reads it once at import with
+:func:`load_config`. Everything is validated here, before any model is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from services.errors import ConfigError
+
+CONFIG_FILENAME = "bentoship.json"
+
+ColumnType = Literal["double", "float", "long", "integer", "boolean", "string"]
+Flavor = Literal["xgboost", "sklearn", "python_function"]
+NUMERIC_TYPES: frozenset[str] = frozenset({"double", "float", "long", "integer"})
+
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$")
+_VARIANT = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_HOOK = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_HEADER = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+_INT_RANGES = {"long": (-(2**63), 2**63 - 1), "integer": (-(2**31), 2**31 - 1)}
+_FLOAT32_MAX = 3.4028234663852886e38
+_FLOAT64_MAX = 1.7976931348623157e308
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Feature(_Frozen):
+    """One input column, typed with MLflow's column-spec type names."""
+
+    name: str = Field(min_length=1)
+    type: ColumnType
+    required: bool = True
+    example: bool | int | float | str | None = None
+
+    @model_validator(mode="after")
+    def _example_matches_type(self) -> Feature:
+        if self.example is not None:
+            problem = check_value(self.type, self.example)
+            if problem is not None:
+                raise ValueError(
+                    f"example {self.example!r} does not fit type {self.type!r}: {problem}"
+                )
+        return self
+
+
+class Variant(_Frozen):
+    """One model version served by the service (``control`` or ``treatment``)."""
+
+    name: str
+    model_tag: str = Field(min_length=1)
+    registered_name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    run_id: str = ""
+    flavor: Flavor
+    weight: int = Field(ge=0, le=100)
+
+    @field_validator("name")
+    @classmethod
+    def _name_shape(cls, value: str) -> str:
+        if not _VARIANT.match(value):
+            raise ValueError(
+                f"variant name {value!r} must match {_VARIANT.pattern} "
+                "(lower-case letter, then lower-case letters, digits, '_' or '-')"
+            )
+        return value
+
+
+class Routing(_Frozen):
+    """How rows are assigned to variants; see ``services/routing.py``."""
+
+    salt: str
+    key_field: str | None = "request_id"
+    key_header: str | None = "x-bentoship-key"
+    override_header: str | None = "x-bentoship-variant"
+
+    @field_validator("key_header", "override_header")
+    @classmethod
+    def _header_shape(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not _HEADER.match(value):
+            raise ValueError(f"{value!r} is not a valid HTTP header name")
+        return value.lower()
+
+
+class ServiceConfig(_Frozen):
+    """Everything the service needs to know; written by the pipeline, read by the service."""
+
+    name: str
+    code_version: str
+    image_tag: str
+    features: tuple[Feature, ...] = Field(min_length=1)
+    variants: tuple[Variant, ...]
+    routing: Routing
+    max_rows: int = Field(default=1000, ge=1, le=1_000_000)
+    allow_pickle: bool = False
+    threshold: float = 0.5
+    preprocess: str = "services.hooks:preprocess"
+    postprocess: str = "services.hooks:postprocess"
+
+    @field_validator("name")
+    @classmethod
+    def _name_shape(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(
+                f"{value!r} must be lower-case letters, digits, '.', '_' or '-' "
+                f"(pattern {_NAME.pattern})"
+            )
+        return value
+
+    @field_validator("threshold")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    @field_validator("preprocess", "postprocess")
+    @classmethod
+    def _hook_shape(cls, value: str) -> str:
+        if not _HOOK.match(value):
+            raise ValueError(f"{value!r} must look like 'package.module:function'")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServiceConfig:
+        names = [f.name for f in self.features]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"features: duplicated names {duplicated}")
+        if not 1 <= len(self.variants) <= 2:
+            raise ValueError(
+                f"variants: expected 1 or 2 (a control and an optional treatment), got {len(self.variants)}"
+            )
+        variant_names = [v.name for v in self.variants]
+        if len(set(variant_names)) != len(variant_names):
+            raise ValueError(f"variants: names must be unique, got {variant_names}")
+        tags = [v.model_tag for v in self.variants]
+        if len(set(tags)) != len(tags):
+            raise ValueError(f"variants: model_tag must differ between variants, got {tags}")
+        total = sum(v.weight for v in self.variants)
+        if total != 100:
+            weights = ", ".join(f"{v.name}={v.weight}" for v in self.variants)
+            raise ValueError(f"variants: weights must sum to 100, got {total} ({weights})")
+        key_field = self.routing.key_field
+        if key_field is not None and key_field in names:
+            feature = next(f for f in self.features if f.name == key_field)
+            if feature.type not in ("string", "long", "integer"):
+                raise ValueError(
+                    f"routing.key_field {key_field!r} is a {feature.type} feature; "
+                    "a key must be a string or an integer"
+                )
+        return self
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features)
+
+    @property
+    def control(self) -> Variant:
+        """The first variant; it serves everything when there is only one."""
+        return self.variants[0]
+
+    def variant(self, name: str) -> Variant:
+        for candidate in self.variants:
+            if candidate.name == name:
+                return candidate
+        raise KeyError(name)
+
+
+def check_value(column_type: str, value: object) -> str | None:
+    """Why ``value`` (parsed from JSON) does not fit ``column_type``, or None when it does.
+
+    Booleans are never numbers and numbers never booleans; integer columns take integral
+    floats such as ``3.0``; ``float`` (32-bit) columns refuse values that would overflow.
+    """
+    if isinstance(value, bool):
+        fits = column_type == "boolean"
+    elif isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            return "must be a finite number"
+        if column_type in ("double", "float"):
+            if column_type == "float" and abs(value) > _FLOAT32_MAX:
+                return "out of range for a 32-bit float"
+            if abs(value) > _FLOAT64_MAX:
+                return "out of range for a double"
+            return None
+        if column_type in _INT_RANGES:
+            if isinstance(value, float):
+                if not value.is_integer():
+                    return "expected an integer, got a fraction"
+                value = int(value)
+            low, high = _INT_RANGES[column_type]
+            return (
+                None if low <= value <= high else f"out of range for {column_type} ({low}..{high})"
+            )
+        fits = False
+    else:
+        fits = isinstance(value, str) and column_type == "string"
+    if fits:
+        return None
+    return f"expected {_EXPECTED[column_type]}, got {json_type_name(value)}"
+
+
+_EXPECTED = {
+    "double": "a number",
+    "float": "a number",
+    "long": "an integer",
+    "integer": "an integer",
+    "boolean": "a boolean",
+    "string": "a string",
+}
+
+
+def json_type_name(value: object) -> str:
+    """The JSON name of a parsed value's type, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def load_config(path: str | Path) -> ServiceConfig:
+    """Read and validate ``bentoship.json``; every message names the file and the key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: not found. The pipeline writes {CONFIG_FILENAME} next to "
+            "services/service.py in the build context; a bare checkout of services/ has none."
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc})") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
+    try:
+        return ServiceConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(path, exc)) from None
+
+
+def _format_validation(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: {exc.error_count()} invalid setting(s)"]
+    for error in exc.errors(include_url=False):
+        key = _dotted(error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key (not a ServiceConfig field)"
+        lines.append(f"  {key}: {message}" if key else f"  {message}")
+    return "\n".join(lines)
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out

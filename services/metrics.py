@@ -1,0 +1,138 @@
+"""The service's Prometheus metrics (contract 5), exactly these names:
+
+==========================================  =========  ============================
+``bentoship_requests_total``                counter    ``variant``, ``status``
+``bentoship_request_duration_seconds``      histogram  ``variant``
+``bentoship_rows_per_request``              histogram  ``variant``
+``bentoship_prediction_score``              histogram  ``variant``
+==========================================  =========  ============================
+
+A request whose rows went to both variants counts once for each variant (its duration is
+observed for both, its rows split between them).
+
+``bentoship_prediction_score`` observes at most :data:`SCORES_PER_REQUEST` scores per request
+and variant: all of them for small requests (the usual online case), an evenly strided
+sample of a larger batch. In BentoML's multiprocess mode each observation is a locked write
+to a memory-mapped file (4-25 us); observing every row of a 100-row batch cost more than
+scoring it. Exact row counts are in ``bentoship_rows_per_request_sum``. A request refused before routing (bad
+input, too many rows) is labelled ``variant="none"``; a model or hook failure carries the
+variant it happened in. ``status`` is the HTTP code as a string.
+
+They are plain ``prometheus_client`` metrics: ``bentoml.metrics`` is only a deprecated alias
+of that module in BentoML 1.4, and BentoML's ``/metrics`` serves the default registry
+through its multiprocess collector, without renaming anything. ``prometheus_client`` is
+imported only inside :func:`create_metrics`: BentoML sets ``PROMETHEUS_MULTIPROC_DIR`` in
+the worker *after* importing the service module, and a metric created before that would
+never reach ``/metrics``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+UNROUTED = "none"
+SCORES_PER_REQUEST = 16
+DURATION_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+ROWS_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+
+METRIC_NAMES = (
+    "bentoship_requests_total",
+    "bentoship_request_duration_seconds",
+    "bentoship_rows_per_request",
+    "bentoship_prediction_score",
+)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    requests: Any
+    duration: Any
+    rows: Any
+    score: Any
+
+    def record_success(self, duration: float, scores_by_variant: Mapping[str, np.ndarray]) -> None:
+        for variant, scores in scores_by_variant.items():
+            self.requests.labels(variant=variant, status="200").inc()
+            self.duration.labels(variant=variant).observe(duration)
+            self.rows.labels(variant=variant).observe(len(scores))
+            observe = self.score.labels(variant=variant).observe
+            for value in sample_scores(scores).tolist():
+                observe(value)
+
+    def record_failure(self, duration: float, status: int, variant: str | None) -> None:
+        label = variant or UNROUTED
+        self.requests.labels(variant=label, status=str(status)).inc()
+        self.duration.labels(variant=label).observe(duration)
+
+
+def sample_scores(scores: np.ndarray, limit: int = SCORES_PER_REQUEST) -> np.ndarray:
+    """All scores if there are at most ``limit``, else an evenly strided sample of ``limit``."""
+    if len(scores) <= limit:
+        return scores
+    return scores[np.linspace(0, len(scores) - 1, limit).round().astype(np.intp)]
+
+
+_DEFAULT: list[Metrics] = []  # the metrics in prometheus' global registry, created once
+
+
+def create_metrics(registry: Any = None) -> Metrics:
+    """The four metrics in ``registry``; by default prometheus' global one (created once)."""
+    import prometheus_client
+
+    if registry is None:
+        if not _DEFAULT:
+            _DEFAULT.append(_register(prometheus_client, prometheus_client.REGISTRY))
+        return _DEFAULT[0]
+    return _register(prometheus_client, registry)
+
+
+def _register(prometheus_client: Any, registry: Any) -> Metrics:
+    return Metrics(
+        requests=prometheus_client.Counter(
+            "bentoship_requests",  # exposed as bentoship_requests_total
+            "Prediction requests by variant and HTTP status.",
+            ["variant", "status"],
+            registry=registry,
+        ),
+        duration=prometheus_client.Histogram(
+            "bentoship_request_duration_seconds",
+            "Time from request received to response ready, by variant.",
+            ["variant"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        ),
+        rows=prometheus_client.Histogram(
+            "bentoship_rows_per_request",
+            "Rows a request sent to a variant.",
+            ["variant"],
+            buckets=ROWS_BUCKETS,
+            registry=registry,
+        ),
+        score=prometheus_client.Histogram(
+            "bentoship_prediction_score",
+            "Scores returned, by variant (probability for classifiers).",
+            ["variant"],
+            buckets=SCORE_BUCKETS,
+            registry=registry,
+        ),
+    )

@@ -1,0 +1,451 @@
+"""Validating a ``/predict`` body against the configured features, and describing it.
+
+Pure functions, no BentoML. :func:`parse_body` turns bytes into JSON values (orjson, strict:
+no NaN/Infinity literals), :func:`validate` turns ``{"rows": [...]}`` into a
+:class:`Batch`: a matrix in feature order plus each row's experiment key. Every problem is
+collected, each as ``{"row": i, "field": name, "problem": "..."}``, and raised together
+(first :data:`MAX_PROBLEMS` of them).
+
+Rules:
+
+- the body is an object whose only key is ``rows``, a non-empty array of at most
+  ``max_rows`` objects (more rows: ``too_many_rows``, 413);
+- each row has every required feature, no field that is neither a feature nor the routing
+  ``key_field``; ``null`` or a missing optional feature becomes NaN;
+- ``double``/``float`` take JSON numbers, ``long``/``integer`` take integers (``3.0`` is
+  accepted, ``3.5`` is not), ``boolean`` only ``true``/``false`` (never 0/1) and numbers
+  never booleans, ``string`` only strings. JSON itself cannot carry NaN or infinity.
+- the row's key (``key_field``) is a string or an integer, or absent/``null``.
+
+A matrix is ``float64`` when every feature is numeric or boolean (booleans become 1.0/0.0),
+otherwise ``object`` with the raw values (strings kept) for loaders that take DataFrames.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from services.config import NUMERIC_TYPES, ServiceConfig, check_value, json_type_name
+from services.errors import (
+    InvalidInputError,
+    MalformedBodyError,
+    Problem,
+    TooManyRowsError,
+    problem,
+)
+
+MAX_PROBLEMS = 50
+_FLOAT32_MAX = 3.4028234663852886e38
+_NUMBER_TYPES = frozenset({int, float})
+
+
+@dataclass(frozen=True)
+class RowSchema:
+    """What a row must look like, precomputed from the config once."""
+
+    names: tuple[str, ...]
+    types: tuple[str, ...]
+    required: tuple[bool, ...]
+    key_field: str | None
+    max_rows: int
+
+    @property
+    def all_numeric(self) -> bool:
+        return all(t in NUMERIC_TYPES for t in self.types)
+
+    @property
+    def has_strings(self) -> bool:
+        return "string" in self.types
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A validated request: ``matrix`` has one row per input row, columns in feature order."""
+
+    matrix: np.ndarray
+    keys: list[str | None]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def compile_schema(config: ServiceConfig) -> RowSchema:
+    return RowSchema(
+        names=config.feature_names,
+        types=tuple(f.type for f in config.features),
+        required=tuple(f.required for f in config.features),
+        key_field=config.routing.key_field,
+        max_rows=config.max_rows,
+    )
+
+
+def parse_body(raw: bytes) -> Any:
+    """Parse a request body as JSON, or raise ``invalid_json`` (400)."""
+    if not raw.strip():
+        raise MalformedBodyError(
+            "empty body",
+            [problem(None, None, 'body is empty; expected a JSON object {"rows": [...]}')],
+        )
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedBodyError(
+            "body is not JSON", [problem(None, None, f"body is not valid JSON: {exc}")]
+        ) from None
+
+
+def validate(body: Any, schema: RowSchema) -> Batch:
+    """Check a parsed body against the schema; return a :class:`Batch` or raise.
+
+    Raises ``InvalidInputError`` (422) with every problem found, or ``TooManyRowsError``
+    (413) when there are more than ``max_rows`` rows.
+    """
+    rows = _rows_of(body, schema)
+    if schema.all_numeric:
+        fast = _fast_numeric(rows, schema)
+        if fast is not None:
+            return fast
+    return _checked(rows, schema)
+
+
+def _rows_of(body: Any, schema: RowSchema) -> list[Any]:
+    if not isinstance(body, dict):
+        raise InvalidInputError(
+            "body is not an object",
+            [
+                problem(
+                    None,
+                    None,
+                    f'expected a JSON object {{"rows": [...]}}, got {json_type_name(body)}',
+                )
+            ],
+        )
+    problems: list[Problem] = [
+        problem(None, str(key), "unexpected top-level key; only 'rows' is accepted")
+        for key in body
+        if key != "rows"
+    ]
+    rows = body.get("rows")
+    if "rows" not in body:
+        problems.insert(0, problem(None, "rows", "required: an array of row objects"))
+    elif not isinstance(rows, list):
+        problems.insert(
+            0,
+            problem(None, "rows", f"expected an array of row objects, got {json_type_name(rows)}"),
+        )
+    elif not rows:
+        problems.insert(0, problem(None, "rows", "expected at least one row"))
+    if problems:
+        raise InvalidInputError("invalid body", _capped(problems))
+    assert isinstance(rows, list)
+    if len(rows) > schema.max_rows:
+        raise TooManyRowsError(
+            "too many rows",
+            [
+                problem(
+                    None, "rows", f"{len(rows)} rows sent; at most {schema.max_rows} per request"
+                )
+            ],
+        )
+    return rows
+
+
+def _fast_numeric(rows: list[Any], schema: RowSchema) -> Batch | None:
+    """The common case, all-numeric features and a clean batch, checked in bulk.
+
+    Returns None whenever anything looks off; :func:`_checked` then finds and words every
+    problem. It must never accept what ``_checked`` would refuse.
+    """
+    names = schema.names
+    width = len(names)
+    key_field = schema.key_field
+    key_is_feature = key_field in names
+    try:
+        values = []
+        keys: list[str | None] = []
+        for row in rows:
+            if type(row) is not dict:
+                return None
+            extra = len(row) - width
+            if extra and (extra != 1 or key_is_feature or key_field not in row):
+                return None
+            values.append([row[n] for n in names])
+            if key_field is None:
+                keys.append(None)
+            else:
+                key = row.get(key_field)
+                kind = type(key)
+                if kind is str or key is None:
+                    keys.append(key)
+                elif kind is int:
+                    keys.append(str(key))
+                else:
+                    return None
+    except KeyError:
+        return None
+    flat_types = (
+        {type(v) for v in values[0]} if len(values) == 1 else set(map(type, _flatten(values)))
+    )
+    if not flat_types <= _NUMBER_TYPES:
+        return None
+    try:
+        matrix = np.array(values, dtype=np.float64)
+    except OverflowError:  # an integer beyond float64 (not from orjson, but possible)
+        return None
+    for j, column_type in enumerate(schema.types):
+        if column_type == "double":
+            continue
+        column = matrix[:, j]
+        if column_type == "float":
+            if np.any(np.abs(column) > _FLOAT32_MAX):
+                return None
+        else:
+            # long/integer: integral, and within range (2**63 itself is not a long).
+            if np.any(column != np.floor(column)):
+                return None
+            bound = 2.0**63 if column_type == "long" else 2.0**31
+            if np.any(column >= bound) or np.any(column < -bound):
+                return None
+    return Batch(matrix=matrix, keys=keys)
+
+
+def _flatten(values: list[list[Any]]) -> Any:
+    for row in values:
+        yield from row
+
+
+def _checked(rows: list[Any], schema: RowSchema) -> Batch:
+    names, types, required = schema.names, schema.types, schema.required
+    key_field = schema.key_field
+    allowed = set(names)
+    if key_field is not None:
+        allowed.add(key_field)
+    numeric = not schema.has_strings
+    problems: list[Problem] = []
+    values: list[list[Any]] = []
+    keys: list[str | None] = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            problems.append(problem(i, None, f"expected a row object, got {json_type_name(row)}"))
+            keys.append(None)
+            continue
+        for field in row:
+            if field not in allowed:
+                problems.append(
+                    problem(i, str(field), "unexpected field; not a feature of this model")
+                )
+        out: list[Any] = []
+        for name, column_type, needed in zip(names, types, required):
+            value = row.get(name)
+            if value is None:
+                if needed:
+                    what = "is null" if name in row else "is missing"
+                    problems.append(problem(i, name, f"required field {what}"))
+                out.append(math.nan if numeric else None)
+                continue
+            why = check_value(column_type, value)
+            if why is not None:
+                problems.append(problem(i, name, why))
+                out.append(math.nan)
+                continue
+            if numeric:
+                out.append(float(value))
+            else:
+                out.append(value)
+        values.append(out)
+        keys.append(_key_of(row, key_field, i, problems))
+    if problems:
+        raise InvalidInputError(f"{len(problems)} problem(s) in rows", _capped(problems))
+    matrix = np.array(values, dtype=np.float64 if numeric else object)
+    return Batch(matrix=matrix, keys=keys)
+
+
+def _key_of(
+    row: dict[str, Any], key_field: str | None, i: int, problems: list[Problem]
+) -> str | None:
+    if key_field is None:
+        return None
+    key = row.get(key_field)
+    if key is None or type(key) is str:
+        return key
+    if type(key) is int:
+        return str(key)
+    problems.append(
+        problem(
+            i, key_field, f"routing key must be a string or an integer, got {json_type_name(key)}"
+        )
+    )
+    return None
+
+
+def _capped(problems: list[Problem]) -> list[Problem]:
+    if len(problems) <= MAX_PROBLEMS:
+        return problems
+    more = len(problems) - MAX_PROBLEMS
+    return [*problems[:MAX_PROBLEMS], problem(None, None, f"{more} more problem(s) not shown")]
+
+
+# --- JSON Schema (OpenAPI 3.0 dialect) --------------------------------------------------
+
+_JSON_TYPES: dict[str, dict[str, str]] = {
+    "double": {"type": "number", "format": "double"},
+    "float": {"type": "number", "format": "float"},
+    "long": {"type": "integer", "format": "int64"},
+    "integer": {"type": "integer", "format": "int32"},
+    "boolean": {"type": "boolean"},
+    "string": {"type": "string"},
+}
+
+
+def example_value(column_type: str, example: Any) -> Any:
+    """The configured example, or a neutral value of the right type."""
+    if example is not None:
+        return example
+    return {"double": 0.0, "float": 0.0, "long": 0, "integer": 0, "boolean": False, "string": ""}[
+        column_type
+    ]
+
+
+def example_row(config: ServiceConfig) -> dict[str, Any]:
+    return {f.name: example_value(f.type, f.example) for f in config.features}
+
+
+def row_schema(config: ServiceConfig) -> dict[str, Any]:
+    """JSON Schema of one input row: each feature typed, required or nullable, with an example."""
+    properties: dict[str, Any] = {}
+    for feature in config.features:
+        prop: dict[str, Any] = dict(_JSON_TYPES[feature.type])
+        prop["description"] = f"MLflow column type '{feature.type}'" + (
+            "" if feature.required else "; optional, null or absent means missing (NaN)"
+        )
+        if not feature.required:
+            prop["nullable"] = True
+        prop["example"] = example_value(feature.type, feature.example)
+        properties[feature.name] = prop
+    key_field = config.routing.key_field
+    if key_field is not None and key_field not in properties:
+        properties[key_field] = {
+            "oneOf": [{"type": "string"}, {"type": "integer"}],
+            "nullable": True,
+            "description": "Experiment key: rows with the same key always go to the same variant.",
+            "example": "user-42",
+        }
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": [f.name for f in config.features if f.required],
+        "additionalProperties": False,
+        "example": example_row(config),
+    }
+
+
+def request_schema(config: ServiceConfig, row_ref: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {
+            "rows": {
+                "type": "array",
+                "items": {"$ref": row_ref},
+                "minItems": 1,
+                "maxItems": config.max_rows,
+            }
+        },
+        "required": ["rows"],
+        "additionalProperties": False,
+        "example": {"rows": [example_row(config)]},
+    }
+
+
+def response_row_schema(config: ServiceConfig) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {
+            "prediction": {
+                "type": "integer",
+                "enum": [0, 1],
+                "description": f"1 when score >= threshold ({config.threshold}), else 0",
+            },
+            "score": {
+                "type": "number",
+                "format": "double",
+                "description": "Probability of the positive class (classifier) or the value (regressor).",
+            },
+            "variant": {"type": "string", "enum": [v.name for v in config.variants]},
+            "model_version": {
+                "type": "string",
+                "enum": sorted({v.version for v in config.variants}),
+            },
+        },
+        "required": ["prediction", "score", "variant", "model_version"],
+        "example": {
+            "prediction": 1,
+            "score": 0.93,
+            "variant": config.control.name,
+            "model_version": config.control.version,
+        },
+    }
+
+
+def response_schema(row_ref: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {
+            "rows": {
+                "type": "array",
+                "items": {"$ref": row_ref},
+                "description": "One row out per row in, in the same order.",
+            }
+        },
+        "required": ["rows"],
+    }
+
+
+ERROR_CODES: tuple[str, ...] = (
+    "invalid_json",
+    "invalid_input",
+    "too_many_rows",
+    "payload_too_large",
+    "preprocess_failed",
+    "postprocess_failed",
+    "model_failed",
+    "not_ready",
+    "internal_error",
+)
+
+
+def error_schema(codes: Sequence[str] = ERROR_CODES) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {
+            "error": {"type": "string", "enum": list(codes)},
+            "detail": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "row": {
+                            "type": "integer",
+                            "nullable": True,
+                            "description": "0-based row index",
+                        },
+                        "field": {"type": "string", "nullable": True},
+                        "problem": {"type": "string"},
+                    },
+                    "required": ["row", "field", "problem"],
+                },
+            },
+        },
+        "required": ["error", "detail"],
+        "example": {
+            "error": "invalid_input",
+            "detail": [
+                {"row": 0, "field": "mean_radius", "problem": "expected a number, got a string"}
+            ],
+        },
+    }
