@@ -21,8 +21,10 @@ from pipeline.errors import ConfigError
 
 # Wheels that bundle CUDA libraries (hundreds of MB) -> the same library built for CPU.
 CPU_BUILDS = {"xgboost": "xgboost-cpu"}
-# Only needed by mlflow.pyfunc, which the service imports only for models it cannot load natively.
+# Only needed by mlflow.pyfunc, which the service imports only for models it cannot load natively;
+# then mlflow-skinny carries pyfunc without the tracking server, UI and their dependencies.
 PYFUNC_ONLY = {"mlflow", "mlflow-skinny"}
+PYFUNC_PACKAGE = "mlflow-skinny"
 
 
 @dataclass(frozen=True)
@@ -80,8 +82,11 @@ def resolve_requirements(
             if name in CPU_BUILDS:
                 req = Requirement(f"{CPU_BUILDS[name]}{req.specifier}")
                 name = CPU_BUILDS[name]
-            if name in PYFUNC_ONLY and not needs_pyfunc:
-                continue
+            if name in PYFUNC_ONLY:
+                if not needs_pyfunc:
+                    continue
+                req = Requirement(f"{PYFUNC_PACKAGE}{req.specifier}")
+                name = PYFUNC_PACKAGE
             wanted.setdefault(name, []).append((model.model, req))
 
     problems: list[str] = []

@@ -22,9 +22,9 @@ def test_cuda_xgboost_maps_to_cpu_build_and_mlflow_is_dropped() -> None:
     assert resolved.extras == ()
 
 
-def test_mlflow_is_kept_when_a_model_needs_pyfunc() -> None:
+def test_pyfunc_models_get_mlflow_skinny_not_the_whole_server() -> None:
     resolved = resolve_requirements([reqs("m/1", "mlflow==3.17.2")], BASE, needs_pyfunc=True)
-    assert resolved.extras == ("mlflow==3.17.2",)
+    assert resolved.extras == ("mlflow-skinny==3.17.2",)
 
 
 def test_packages_the_base_lacks_become_extras() -> None:
