@@ -65,3 +65,24 @@ def emit(result: dict[str, Any], output: str, text: str) -> None:
 def fail(message: str) -> None:
     click.secho(f"Error: {message}", fg="red", err=True)
     sys.exit(1)
+
+
+def model_ref(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback: a malformed NAME@ALIAS / NAME/VERSION is a usage error (exit 2)."""
+    from pipeline.errors import ConfigError
+    from pipeline.registry import parse_ref
+
+    if value is None:
+        return None
+    try:
+        parse_ref(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def check_treatment_options(treatment: str | None, treatment_weight: int | None) -> None:
+    if treatment is None and treatment_weight is not None:
+        raise click.UsageError(
+            "--treatment-weight needs --treatment: with one model it gets all the traffic"
+        )

@@ -66,7 +66,7 @@ def resolve_requirements(
     Raises ConfigError naming every conflicting package, who asks for what, and what the base
     image pins.
     """
-    pins = {canonicalize_name(k): v for k, v in base_pins.items()}
+    pins: dict[str, str] = {canonicalize_name(k): v for k, v in base_pins.items()}
     wanted: dict[str, list[tuple[str, Requirement]]] = {}
     for model in models:
         for line in model.lines:
@@ -78,7 +78,7 @@ def resolve_requirements(
                 {"python_version": "3.11", "sys_platform": "linux", "platform_machine": "x86_64"}
             ):
                 continue
-            name = canonicalize_name(req.name)
+            name: str = canonicalize_name(req.name)
             if name in CPU_BUILDS:
                 req = Requirement(f"{CPU_BUILDS[name]}{req.specifier}")
                 name = CPU_BUILDS[name]
