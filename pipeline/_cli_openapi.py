@@ -1,13 +1,15 @@
-"""`bentoship openapi ...`: compare the HTTP API of two service versions."""
+"""`bentoship openapi ...`: export a service's spec, compare the HTTP API of two versions."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import click
+import yaml
 
-from pipeline._options import emit, output_option
+from pipeline._options import check_treatment_options, emit, model_ref, output_option, say
 from pipeline.errors import PipelineError
 from pipeline.openapi import Change, diff_specs, load_spec, validate_spec
 
@@ -16,7 +18,7 @@ _spec_path = click.Path(exists=True, dir_okay=False, readable=True, path_type=Pa
 
 @click.group("openapi")
 def openapi() -> None:
-    """Compare and check the OpenAPI specs of bentoship services."""
+    """Export, compare and check the OpenAPI specs of bentoship services."""
 
 
 @openapi.command("diff")
@@ -61,7 +63,101 @@ def diff(ctx: click.Context, old: Path, new: Path, validate: bool, output: str) 
         ctx.exit(1)
 
 
-# `bentoship openapi export` (write a service's spec to a file) is added here, next to `diff`.
+@openapi.command("export")
+@click.argument("image_ref", metavar="[IMAGE]", required=False)
+@click.option("--model", "control", metavar="NAME@ALIAS|NAME/VERSION", callback=model_ref,
+              help="Instead of an IMAGE: the control model version of the service to describe.")
+@click.option("--treatment", metavar="NAME@ALIAS|NAME/VERSION", callback=model_ref,
+              help="With --model: an optional treatment model version.")
+@click.option("--treatment-weight", type=int, metavar="PERCENT",
+              help="With --model: share of traffic for the treatment. [default: 10]")
+@click.option("--name", help="With --model: service name. [default: the control's registered "
+              "name]")
+@click.option("--max-rows", type=int, default=1000, show_default=True,
+              help="With --model: largest batch one request may carry.")
+@click.option("--threshold", type=float, default=0.5, show_default=True,
+              help="With --model: score at or above which the prediction is 1.")
+@click.option("--allow-pickle", is_flag=True,
+              help="With --model: accept models that only load by unpickling.")
+@click.option("--out", "-o", "out", type=click.Path(dir_okay=False, path_type=Path),
+              metavar="FILE", help="Write the spec here (YAML for .yaml/.yml, else JSON). "
+              "[default: JSON on stdout]")
+def export(image_ref: str | None, control: str | None, treatment: str | None,
+           treatment_weight: int | None, name: str | None, max_rows: int, threshold: float,
+           allow_pickle: bool, out: Path | None) -> None:
+    """Write the OpenAPI spec of a built service image, or of the one `build` would make.
+
+    \b
+    IMAGE (a tag or REPOSITORY@sha256:...; pulled if it is not here): the spec the image
+    stored at build time, /home/bentoship/bento/openapi.json, checked against its label
+    io.bentoship.openapi_sha256. It is the document the running service serves at /docs.json.
+    --model REF [--treatment REF]: the spec of the service `bentoship build` would make from
+    these versions and this checkout, without Docker (models are resolved and verified).
+
+    \b
+    Examples:
+      bentoship openapi export 127.0.0.1:5000/demo-classifier@sha256:... -o openapi.json
+      bentoship openapi export --model demo-classifier@champion \\
+                               --treatment demo-classifier@challenger -o next.json
+      bentoship openapi diff openapi.json next.json
+    """
+    from pipeline.image import openapi_sha256
+
+    if (image_ref is None) == (control is None):
+        raise click.UsageError("give either IMAGE or --model REF (not both)")
+    if image_ref is not None:
+        given = [flag for flag, value in (("--treatment", treatment),
+                                          ("--treatment-weight", treatment_weight),
+                                          ("--name", name)) if value is not None]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} only go with --model, not with IMAGE")
+        spec = _image_spec(image_ref)
+        source = image_ref
+    else:
+        assert control is not None
+        check_treatment_options(treatment, treatment_weight)
+        spec = _planned_spec(control, treatment, treatment_weight, name, max_rows, threshold,
+                             allow_pickle)
+        source = "the planned build of " + " + ".join(r for r in (control, treatment) if r)
+    validate_spec(spec, source=f"the spec of {source}")
+    info = spec.get("info") or {}
+    summary = (f"OpenAPI {spec.get('openapi')} spec of {info.get('title')} {info.get('version')} "
+               f"(sha256 {openapi_sha256(spec)})")
+    if out is None:
+        say(summary)
+        emit(spec, "text", json.dumps(spec, indent=2))  # stdout, in the document's own order
+        return
+    if out.suffix.lower() in (".yaml", ".yml"):
+        text = yaml.safe_dump(spec, sort_keys=False, allow_unicode=True)
+    else:
+        text = json.dumps(spec, indent=2) + "\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    say(f"{summary} written to {out}")
+
+
+def _image_spec(image_ref: str) -> dict[str, Any]:
+    from pipeline.engine import connect
+    from pipeline.handoff import service_spec
+
+    return service_spec(connect(), image_ref)
+
+
+def _planned_spec(control: str, treatment: str | None, treatment_weight: int | None,
+                  name: str | None, max_rows: int, threshold: float,
+                  allow_pickle: bool) -> dict[str, Any]:
+    import tempfile
+
+    from pipeline.build import BuildRequest, plan, resolve_request
+    from pipeline.settings import load_settings
+
+    settings = load_settings()
+    request = BuildRequest(control=control, treatment=treatment, name=name,
+                           treatment_weight=treatment_weight, allow_pickle=allow_pickle,
+                           max_rows=max_rows, threshold=threshold)
+    resolved = resolve_request(request, settings, say)
+    with tempfile.TemporaryDirectory(prefix="bentoship-export-") as tmp:
+        return plan(resolved, settings, Path(tmp), say).openapi
 
 
 def _read(path: Path, name: str, validate: bool) -> dict[str, Any]:

@@ -13,7 +13,14 @@ from typing import Any
 
 import click
 
-from pipeline._options import emit, output_option, quiet_option, say
+from pipeline._options import (
+    check_treatment_options,
+    emit,
+    model_ref,
+    output_option,
+    quiet_option,
+    say,
+)
 from pipeline.settings import load_settings
 
 _MODEL = re.compile(r"^(?P<name>[^/]+)/(?P<version>\d+)(?:/(?P<run_id>[0-9a-f]+))?$")
@@ -277,6 +284,8 @@ def show_release(release_id: str, output: str) -> None:
         f"Tag       {record.image_tag}",
         f"Baseline  {record.baseline or 'none (first release)'}",
         f"Code      {record.code_version}",
+        f"API       {record.api_change or 'not checked'}"
+        + (" (OpenAPI spec: openapi.json below)" if "openapi.json" in files else ""),
         *(
             f"Model     {variant}: {m.get('name')}/{m.get('version')}"
             + (f" (run {m['run_id']})" if m.get("run_id") else "")
@@ -298,8 +307,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 @click.command("release")
 @click.option("--model", "control", required=True, metavar="NAME@ALIAS|NAME/VERSION",
+              callback=model_ref,
               help="The control model version.")
-@click.option("--treatment", metavar="NAME@ALIAS|NAME/VERSION", help="An optional treatment.")
+@click.option("--treatment", metavar="NAME@ALIAS|NAME/VERSION", callback=model_ref,
+              help="An optional treatment.")
 @click.option("--treatment-weight", type=int, metavar="PERCENT",
               help="Share of traffic for the treatment. [default: 10 with --treatment]")
 @click.option("--name", help="Service name. [default: the control's registered name]")
@@ -311,11 +322,15 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 @click.option("--submit", is_flag=True,
               help="Also save the pipeline with `spin pipeline save` (needs `spin` on PATH).")
 @click.option("--allow-pickle", is_flag=True, help="Allow models that only load by unpickling.")
+@click.option("--allow-breaking-api", is_flag=True,
+              help="Release even if the service's OpenAPI spec breaks callers of production's "
+              "(recorded as api_change=breaking-allowed). CI: `[api: allow-breaking]` in the "
+              "commit message.")
 @output_option
 @quiet_option
 def release(control: str, treatment: str | None, treatment_weight: int | None, name: str | None,
             config_path: Path | None, outdir: Path, submit: bool, allow_pickle: bool,
-            output: str, quiet: bool) -> None:
+            allow_breaking_api: bool, output: str, quiet: bool) -> None:
     """Build (or reuse) and push the image, render the canary release, record it.
 
     \b
@@ -324,16 +339,23 @@ def release(control: str, treatment: str | None, treatment_weight: int | None, n
     baseline is the image of the newest successful release of this service in the ledger;
     the first release deploys directly. The release is recorded in the ledger only after
     the push and the rendering succeeded.
+
+    \b
+    Before anything is built, the service's OpenAPI spec is compared with the one recorded
+    for the production release: a breaking change (`bentoship openapi diff` rules) is
+    refused unless --allow-breaking-api. The decision is recorded as `api_change`.
     """
     from pipeline import handoff
     from pipeline.build import BuildRequest
     from pipeline.release import load_release_config
 
     config = load_release_config(config_path)
+    check_treatment_options(treatment, treatment_weight)
     request = BuildRequest(control=control, treatment=treatment, name=name,
                            treatment_weight=treatment_weight, allow_pickle=allow_pickle)
     done = handoff.release(request, load_settings(), config, outdir,
-                           echo=lambda m: say(m, quiet=quiet), submit=submit)
+                           echo=lambda m: say(m, quiet=quiet), submit=submit,
+                           allow_breaking_api=allow_breaking_api)
     emit(done.as_dict(), output, _handoff_text(done))
 
 
@@ -341,6 +363,8 @@ def _handoff_text(done: Any) -> str:
     lines = [f"Release {done.record.short_id} ({done.spec.kind}, {done.spec.mode}): {done.spec.image}"]
     if done.spec.baseline_image:
         lines.append(f"Baseline (production): {done.spec.baseline_image}")
+    if done.api is not None:
+        lines.append(f"API change against production: {done.api.decision}")
     lines += [f"  {rel}" for rel in sorted(done.files)]
     lines.append(done.submit_note)
     return "\n".join(lines)

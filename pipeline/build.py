@@ -4,7 +4,11 @@ Everything that can be checked is checked before the first side effect: referenc
 the Docker engine answers, versions resolve (aliases once), artifacts download and match their
 manifests, signatures agree, requirements do not conflict. Only then are models imported, the
 Bento built, the image built, smoke-tested, tagged and pushed. A failing step leaves no tag
-behind: the image is tagged only after the smoke test passed.
+behind: the image is tagged only after the smoke test passed. With --push, a registry that does
+not answer fails the build before anything is built.
+
+The same model versions, code and base again find the existing image, locally or in the
+registry (pulled by digest then), and say so instead of rebuilding.
 """
 
 from __future__ import annotations
@@ -12,15 +16,18 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pipeline import bento, image, integrity, registry, smoke
-from pipeline.errors import ConfigError, DockerError
+from pipeline import bento, image, integrity, oci, registry, smoke
+from pipeline.errors import ConfigError, DockerError, PushError
+from pipeline.progress import reporter
 from pipeline.requirements import ResolvedRequirements, read_requirements, resolve_requirements
 from pipeline.settings import Settings
 from pipeline.version import CodeVersion, code_version, source_url
@@ -42,6 +49,9 @@ class BuildRequest:
     threshold: float = 0.5
     salt: str | None = None
     ready_timeout_s: float = 120.0
+    # Build from this copy of the service template instead of the checkout's services/ (tests,
+    # benchmarks); its code version is then a hash of its content, `src-<hash7>`.
+    services_dir: Path | None = None
 
 
 @dataclass
@@ -58,6 +68,9 @@ class BuildResult:
     example_rows_in: list[dict[str, Any]] = field(default_factory=list)
     example_rows_out: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    reused_from: str | None = None  # "local" or "registry" when reused
+    layer_sizes: dict[str, int] = field(default_factory=dict)  # base, extras, models, code
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per step of the build
 
     @property
     def reference(self) -> str:
@@ -79,8 +92,11 @@ class BuildResult:
             "size_bytes": self.size_bytes,
             "models": self.models,
             "reused": self.reused,
+            "reused_from": self.reused_from,
+            "layer_sizes": self.layer_sizes,
             "smoke_test_rows": self.example_rows_out,
             "seconds": round(self.seconds, 1),
+            "phases": {k: round(v, 2) for k, v in self.phases.items()},
         }
 
 
@@ -127,6 +143,11 @@ class Plan:
         return {i.variant: {"name": i.version.name, "version": i.version.version,
                             "run_id": i.version.run_id} for i in self.infos}
 
+    @cached_property
+    def openapi(self) -> dict[str, Any]:
+        """The OpenAPI document the service will serve (`services/openapi.py` on the config)."""
+        return _service_openapi(self.config, self.resolved.request.services_dir)
+
 
 def resolve_request(
     req: BuildRequest, settings: Settings, echo: Callable[[str], None]
@@ -142,7 +163,8 @@ def resolve_request(
     for variant, mv in versions.items():
         via = f" (from {mv.requested_as})" if mv.requested_as != str(mv) else ""
         echo(f"  {variant}: {mv}{via}, run {mv.run_id[:8]}")
-    code = code_version(PROJECT_ROOT)
+    code = (code_version(PROJECT_ROOT) if req.services_dir is None
+            else _content_version(req.services_dir))
     name = req.name or bento.bento_name(versions["control"].name).replace("_", "-").replace(".", "-")
     if not _NAME.match(name):
         raise ConfigError(f"cannot use {name!r} as the service name: pass --name")
@@ -187,22 +209,45 @@ def plan(
     return Plan(resolved, infos, requirements, config, config_sha)
 
 
-def build(req: BuildRequest, settings: Settings, echo: Callable[[str], None]) -> BuildResult:
-    from pipeline.base import ensure_base_image, prepare_wheels
+def build(
+    req: BuildRequest,
+    settings: Settings,
+    echo: Callable[[str], None],
+    *,
+    check: Callable[[Plan], None] | None = None,
+) -> BuildResult:
+    """Build (or find) the image for `req`; see the module docstring for the order of things.
+
+    `echo` takes progress lines; a `pipeline.progress.Progress` also draws bars. `check` is
+    called with the plan before the first side effect (a release's API guard); it refuses by
+    raising.
+    """
+    from pipeline.base import ensure_base_image, lock_pins
     from pipeline.engine import connect
 
     started = time.monotonic()
-    resolved = resolve_request(req, settings, echo)
+    progress = reporter(echo)
+    phases = _Phases()
+    resolved = resolve_request(req, settings, progress)
     client = connect()
     name, tag = resolved.name, resolved.tag
     repository = f"{settings.oci_registry}/{name}"
+    if req.push and not oci.answers(settings.oci_registry):
+        raise PushError(image.push_message(
+            repository, f"the registry {settings.oci_registry} does not answer (connection "
+            "refused or timed out), so nothing was built"))
+    phases.done("resolve")
 
     with tempfile.TemporaryDirectory(prefix="bentoship-build-") as tmp:
         work = Path(tmp)
-        p = plan(resolved, settings, work, echo)
+        p = plan(resolved, settings, work, progress)
+        if check is not None:
+            check(p)
         infos = p.infos
-        echo("Preparing the base image")
-        base = ensure_base_image(client, settings, echo=lambda m: echo(f"  {m}"))
+        phases.done("verify")
+        progress("Preparing the base image")
+        base = ensure_base_image(client, settings, echo=lambda m: progress(f"  {m}"))
+        phases.done("base")
         layers = [
             image.ModelLayer(
                 variant=i.variant,
@@ -216,7 +261,7 @@ def build(req: BuildRequest, settings: Settings, echo: Callable[[str], None]) ->
         labels = image.image_labels(
             tag=tag,
             name=name,
-            revision=resolved.code.revision,
+            revision=resolved.code.revision or resolved.code.label,
             code_label=resolved.code.label,
             source=source_url(PROJECT_ROOT),
             models=layers,
@@ -226,42 +271,51 @@ def build(req: BuildRequest, settings: Settings, echo: Callable[[str], None]) ->
             base_ref=base.ref,
             config_sha256=p.config_sha256,
         )
+        labels[image.OPENAPI_LABEL] = image.openapi_sha256(p.openapi)
         examples = list(infos[0].example_rows)
 
-        existing = _existing(client, f"{repository}:{tag}", p.config_sha256, base.ref)
+        existing, digest, where = _existing(client, repository, tag, labels, progress)
+        phases.done("lookup")
         if existing is not None:
-            echo(f"Image {repository}:{tag} already exists with this configuration: not rebuilding")
             result = BuildResult(name, repository, tag, existing.id, dict(existing.labels),
                                  int(existing.attrs.get("Size", 0)), p.models, reused=True,
-                                 example_rows_in=examples)
+                                 digest=digest, example_rows_in=examples, reused_from=where)
         else:
-            echo("Building the Bento")
-            context = bento.write_context(p.config, work / "bento-context")
-            bento_dir = bento.make_bento(infos, context, name, tag, {"bentoship.tag": tag},
-                                         settings.bentoml_home, echo=lambda m: echo(f"  {m}"))
-            wheels = []
+            extras = None
             if p.requirements.extras:
-                echo(f"Preparing wheels for extra dependencies: {', '.join(p.requirements.extras)}")
-                wheels = prepare_wheels(list(p.requirements.extras), work / "extras", no_deps=False)
-            docker_ctx = image.write_docker_context(bento_dir, work / "docker", base.ref, wheels)
-            echo("Building the image (no network)")
-            image_id = image.build(client, docker_ctx, labels, echo)
+                extras = image.prepare_extras(p.requirements.extras, lock_pins(),
+                                              work / "extras", settings, progress)
+                phases.done("wheels")
+            progress("Building the Bento")
+            context = _write_context(p.config, work / "bento-context", req.services_dir)
+            bento_dir = bento.make_bento(infos, context, name, tag, {"bentoship.tag": tag},
+                                         settings.bentoml_home, echo=lambda m: progress(f"  {m}"))
+            phases.done("bento")
+            docker_ctx = image.write_docker_context(bento_dir, work / "docker", base.ref, extras,
+                                                    labels)
+            # In the code layer, next to bento.yaml: the spec this image serves at /docs.json.
+            (docker_ctx / "bento" / image.OPENAPI_FILE).write_bytes(image.canonical_json(p.openapi))
+            image_id = image.build(client, docker_ctx, progress)
+            phases.done("image")
             rows_out: list[dict[str, Any]] = []
             if req.smoke_test:
-                echo("Smoke test: starting the container")
+                progress("Smoke test: starting the container")
                 rows_out = smoke.smoke_test(
-                    client, image_id, examples, deadline_s=req.ready_timeout_s, echo=echo
+                    client, image_id, examples, deadline_s=req.ready_timeout_s, echo=progress
                 ).rows_out
+                phases.done("smoke")
             _tag(client, image_id, repository, tag)
             built = client.images.get(image_id)
             result = BuildResult(name, repository, tag, image_id, labels,
                                  int(built.attrs.get("Size", 0)), p.models, reused=False,
                                  example_rows_in=examples, example_rows_out=rows_out)
 
-    if req.push:
-        echo(f"Pushing {repository}:{tag}")
-        result.digest = image.push(client, repository, tag, echo=lambda m: echo(f"  {m}"))
+    result.layer_sizes = image.group_sizes(image.layers(client, result.image_id))
+    if req.push and where != "registry":
+        result.digest = image.push(client, repository, tag, progress)
+        phases.done("push")
     result.seconds = time.monotonic() - started
+    result.phases = phases.seconds
     return result
 
 
@@ -287,6 +341,40 @@ def serve(req: BuildRequest, settings: Settings, port: int, echo: Callable[[str]
         [str(bentoml_cli), "serve", str(bento_dir), "--host", "127.0.0.1", "--port", str(port)],
         env=env,
     )
+
+
+_SPEC_SCRIPT = """
+import json, sys
+from services.config import ServiceConfig
+from services.openapi import build_spec
+print(json.dumps(build_spec(ServiceConfig.model_validate_json(sys.stdin.read()))))
+"""
+
+
+def _service_openapi(config: dict[str, Any], services_dir: Path | None) -> dict[str, Any]:
+    """`services.openapi.build_spec` of the service template the image is built from."""
+    import os
+    import subprocess
+    import sys
+
+    from services.config import ServiceConfig
+    from services.openapi import build_spec
+
+    validated = ServiceConfig.model_validate(config)
+    if services_dir is None:
+        return build_spec(validated)
+    # Another copy of the template: its own openapi.py decides, imported as `services`.
+    with tempfile.TemporaryDirectory(prefix="bentoship-spec-") as tmp:
+        (Path(tmp) / "services").symlink_to(services_dir.resolve(), target_is_directory=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", _SPEC_SCRIPT], input=validated.model_dump_json(), cwd=tmp,
+            env={**os.environ, "PYTHONPATH": tmp}, capture_output=True, text=True, check=False,
+        )
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-10:])
+        raise ConfigError(f"{services_dir}/openapi.py cannot build the service's spec (exit "
+                          f"{proc.returncode}):\n{tail}")
+    return dict(json.loads(proc.stdout))
 
 
 def _service_config(
@@ -323,18 +411,85 @@ def _service_config(
     }
 
 
-def _existing(client: Any, reference: str, config_sha: str, base_ref: str) -> Any | None:
+def _existing(
+    client: Any, repository: str, tag: str, labels: dict[str, str], echo: Callable[[str], None]
+) -> tuple[Any | None, str | None, str | None]:
+    """An image of this same build, here or in the registry: (image, digest, "local"|"registry").
+
+    Same build means same identity labels (configuration, base, requirements, code, model
+    manifests). One found only in the registry is pulled by digest and tagged locally.
+    """
     import docker.errors
 
+    reference = f"{repository}:{tag}"
     try:
         found = client.images.get(reference)
     except docker.errors.ImageNotFound:
-        return None
-    labels = found.labels or {}
-    if (labels.get(f"{image.LABEL_PREFIX}.config_sha256") == config_sha
-            and labels.get(f"{image.LABEL_PREFIX}.base") == base_ref):
-        return found
-    return None
+        found = None
+    if found is not None:
+        differ = image.differences(found.labels or {}, labels)
+        if not differ:
+            echo(f"Image {reference} already exists locally with this configuration: "
+                 "not rebuilding")
+            digests = [d.split("@", 1)[1] for d in found.attrs.get("RepoDigests") or []
+                       if d.startswith(f"{repository}@")]
+            return found, (digests[0] if digests else None), "local"
+        echo(f"Image {reference} exists locally but differs in {', '.join(differ)}: rebuilding")
+    try:
+        remote = oci.find(repository, tag)
+    except PushError as exc:
+        echo(f"Not looking for {reference} in the registry: {exc}")
+        return None, None, None
+    if remote is None:
+        return None, None, None
+    differ = image.differences(remote.labels, labels)
+    if differ:
+        echo(f"{reference} exists in the registry but differs in {', '.join(differ)}: rebuilding")
+        return None, None, None
+    echo(f"Image {reference} already exists in the registry as {repository}@{remote.digest} "
+         "with this configuration: pulling it instead of rebuilding")
+    return image.pull(client, repository, remote.digest, tag, echo), remote.digest, "registry"
+
+
+class _Phases:
+    """Seconds spent in each step of a build, for `--output json` and the benchmark."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def done(self, phase: str) -> None:
+        now = time.monotonic()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self._last
+        self._last = now
+
+
+_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "bentoship.json", "requirements.*")
+
+
+def _content_version(services_dir: Path) -> CodeVersion:
+    """The code version of a service template outside the checkout: a hash of its files."""
+    if not (services_dir / "service.py").is_file():
+        raise ConfigError(f"{services_dir} holds no service.py: it is not a copy of services/")
+    digest = hashlib.sha256()
+    for path in sorted(p for p in services_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(services_dir)
+        if _IGNORED(str(path.parent), [path.name]) or "__pycache__" in rel.parts:
+            continue
+        digest.update(rel.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return CodeVersion(sha="", dirty=False, label=f"src-{digest.hexdigest()[:7]}")
+
+
+def _write_context(config: dict[str, Any], dest: Path, services_dir: Path | None) -> Path:
+    """`bento.write_context`, with the service code taken from `services_dir` when given."""
+    context = bento.write_context(config, dest)
+    if services_dir is not None:
+        target = context / "services"
+        written = (target / "bentoship.json").read_bytes()
+        shutil.rmtree(target)
+        shutil.copytree(services_dir, target, ignore=_IGNORED)
+        (target / "bentoship.json").write_bytes(written)
+    return context
 
 
 def _tag(client: Any, image_id: str, repository: str, tag: str) -> None:

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import click
 
-from pipeline._options import emit, output_option, quiet_option, results_only_on_stdout, say
+from pipeline._options import (
+    check_treatment_options,
+    emit,
+    model_ref,
+    output_option,
+    quiet_option,
+    results_only_on_stdout,
+    say,
+)
 from pipeline.errors import PipelineError
 from pipeline.progress import Progress
 
@@ -118,8 +126,9 @@ def demo_train(if_missing: bool, output: str) -> None:
 
 @cli.command()
 @click.option("--model", "control", required=True, metavar="NAME@ALIAS|NAME/VERSION",
+              callback=model_ref,
               help="The control model version (aliases are resolved once, now).")
-@click.option("--treatment", metavar="NAME@ALIAS|NAME/VERSION",
+@click.option("--treatment", metavar="NAME@ALIAS|NAME/VERSION", callback=model_ref,
               help="An optional treatment model version, A/B-tested against the control.")
 @click.option("--treatment-weight", type=int, metavar="PERCENT",
               help="Share of traffic for the treatment. [default: 10 with --treatment]")
@@ -161,6 +170,7 @@ def build(control: str, treatment: str | None, treatment_weight: int | None, nam
     from pipeline.build import BuildRequest
     from pipeline.build import build as run_build
 
+    check_treatment_options(treatment, treatment_weight)
     request = BuildRequest(control=control, treatment=treatment, name=name,
                            treatment_weight=treatment_weight, push=push,
                            allow_pickle=allow_pickle, max_rows=max_rows, threshold=threshold,
@@ -211,8 +221,10 @@ def run(image_ref: str, port: int, container_name: str | None, output: str) -> N
 
 @cli.command()
 @click.option("--model", "control", required=True, metavar="NAME@ALIAS|NAME/VERSION",
+              callback=model_ref,
               help="The control model version.")
-@click.option("--treatment", metavar="NAME@ALIAS|NAME/VERSION", help="An optional treatment.")
+@click.option("--treatment", metavar="NAME@ALIAS|NAME/VERSION", callback=model_ref,
+              help="An optional treatment.")
 @click.option("--treatment-weight", type=int, metavar="PERCENT",
               help="Share of traffic for the treatment. [default: 10 with --treatment]")
 @click.option("--port", type=int, default=3000, show_default=True)
@@ -227,6 +239,7 @@ def serve(control: str, treatment: str | None, treatment_weight: int | None, por
     from pipeline.build import BuildRequest
     from pipeline.build import serve as run_serve
 
+    check_treatment_options(treatment, treatment_weight)
     request = BuildRequest(control=control, treatment=treatment,
                            treatment_weight=treatment_weight, allow_pickle=allow_pickle)
     sys.exit(run_serve(request, _settings(), port, echo=say))

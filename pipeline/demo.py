@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.registry import ModelVersion, client_for, ensure_experiment, resolve
+from pipeline.registry import ModelVersion, client_for, ensure_experiment, fluent_uris, resolve
 
 DEMO_MODEL = "demo-classifier"
 DEMO_EXPERIMENT = "bentoship-demo"
@@ -48,6 +48,13 @@ def train(
     Requirements are given explicitly: MLflow's inference records whatever modules happen
     to be imported (pytest, rich, ...), and every one of them would have to reach the image.
     """
+    with fluent_uris(tracking_uri, registry_uri or tracking_uri):
+        return _train(tracking_uri, registry_uri, artifact_root, name)
+
+
+def _train(
+    tracking_uri: str, registry_uri: str | None, artifact_root: Path | None, name: str
+) -> DemoResult:
     from importlib.metadata import version as installed
 
     import mlflow
@@ -57,9 +64,6 @@ def train(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    mlflow.set_tracking_uri(tracking_uri)
-    if registry_uri:
-        mlflow.set_registry_uri(registry_uri)
     client = client_for(tracking_uri, registry_uri)
     mlflow.set_experiment(experiment_id=ensure_experiment(client, DEMO_EXPERIMENT, artifact_root))
     common = [f"{pkg}=={installed(pkg)}" for pkg in ("numpy", "pandas", "scipy")]

@@ -3,6 +3,14 @@
 Order matters: the release configuration is validated before anything is built, the ledger is
 written only after the image is pushed and the files are rendered, so a failure at any earlier
 point records nothing.
+
+The API guard runs as soon as the service's OpenAPI spec is known, right after the build's
+plan (models resolved and verified, configuration derived) and before anything is built: it
+compares the spec with the one recorded for the current production release of the service
+(`pipeline.openapi.diff_specs`) and refuses a breaking change unless it is allowed
+(`bentoship release --allow-breaking-api`, or `[api: allow-breaking]` in a commit message,
+which CI passes as `allow_breaking_api=True`). The decision is recorded with the release
+(`api_change`: none, compatible, breaking-allowed, or unchecked when production has no spec).
 """
 
 from __future__ import annotations
@@ -16,13 +24,36 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline import ledger, registry
-from pipeline.build import BuildRequest, BuildResult, build
+from pipeline import image, ledger, registry
+from pipeline.build import BuildRequest, BuildResult, Plan, build
 from pipeline.errors import ReleaseError
+from pipeline.openapi import Change, diff_specs
 from pipeline.release import ReleaseConfig, ReleaseSpec, render_release
 from pipeline.settings import Settings
 
-CONFIG_IN_IMAGE = "/home/bentoship/bento/src/services/bentoship.json"
+CONFIG_IN_IMAGE = f"{image.BENTO_DIR}/src/services/bentoship.json"
+OPENAPI_IN_IMAGE = f"{image.BENTO_DIR}/{image.OPENAPI_FILE}"
+# A diff entry that says only that the release differs (every release has a new image tag).
+_INFORMATIONAL = ("info.version",)
+
+
+@dataclass(frozen=True)
+class ApiCheck:
+    """The API guard's decision: the new spec against production's."""
+
+    decision: str  # one of ledger.API_CHANGES
+    production: ledger.ReleaseRecord | None
+    changes: tuple[Change, ...] = ()  # informational ones (info.version) left out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "decision": self.decision,
+            "production_release": self.production.release_id if self.production else None,
+            "production_image": self.production.image if self.production else None,
+            "changes": [
+                {"kind": c.kind, "path": c.path, "message": c.message} for c in self.changes
+            ],
+        }
 
 
 @dataclass(frozen=True)
@@ -33,10 +64,12 @@ class Handoff:
     files: dict[str, Path]
     submitted: bool
     submit_note: str
+    api: ApiCheck | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "release": self.record.to_dict(),
+            "api": self.api.as_dict() if self.api else None,
             "image": self.spec.image,
             "baseline": self.spec.baseline_image,
             "mode": self.spec.mode,
@@ -47,27 +80,125 @@ class Handoff:
         }
 
 
-def service_spec(client: Any, image: str) -> dict[str, Any]:
-    """The OpenAPI spec of the service inside `image`, from the configuration it carries."""
+def service_spec(client: Any, image_ref: str) -> dict[str, Any]:
+    """The OpenAPI spec of the service inside `image_ref` (a tag or a digest reference).
+
+    That is the `openapi.json` its build stored next to `bento.yaml`, checked against the
+    image's `io.bentoship.openapi_sha256` label; for an image built before the file existed,
+    the spec is built from the configuration the image carries. An image that is not here is
+    pulled.
+    """
     import docker.errors
 
     from services.config import ServiceConfig
     from services.openapi import build_spec
 
+    found = _local_image(client, image_ref)
     try:
-        container = client.containers.create(image, entrypoint=["true"])
+        container = client.containers.create(found.id, entrypoint=["true"])
     except docker.errors.APIError as exc:
-        raise ReleaseError(f"cannot open {image}: {exc.explanation or exc}") from exc
+        raise ReleaseError(f"cannot open {image_ref}: {exc.explanation or exc}") from exc
     try:
-        stream, _ = container.get_archive(CONFIG_IN_IMAGE)
-        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-            member = tar.extractfile("bentoship.json")
-            raw = member.read() if member else b""
-    except docker.errors.NotFound as exc:
-        raise ReleaseError(f"{image} is not a bentoship image: it has no {CONFIG_IN_IMAGE}") from exc
+        stored = _read_file(container, OPENAPI_IN_IMAGE)
+        config = _read_file(container, CONFIG_IN_IMAGE) if stored is None else None
     finally:
         container.remove(force=True)
-    return dict(build_spec(ServiceConfig.model_validate(json.loads(raw))))
+    if stored is not None:
+        try:
+            spec = json.loads(stored)
+        except ValueError as exc:
+            raise ReleaseError(f"{OPENAPI_IN_IMAGE} in {image_ref} is not JSON: {exc}") from exc
+        label = (found.labels or {}).get(image.OPENAPI_LABEL)
+        if label and image.openapi_sha256(spec) != label:
+            raise ReleaseError(
+                f"{OPENAPI_IN_IMAGE} in {image_ref} has SHA-256 {image.openapi_sha256(spec)}, "
+                f"but the image's {image.OPENAPI_LABEL} label says {label}: the file was changed "
+                "after the build"
+            )
+        return dict(spec)
+    if config is None:
+        raise ReleaseError(
+            f"{image_ref} is not a bentoship image: it has neither {OPENAPI_IN_IMAGE} nor "
+            f"{CONFIG_IN_IMAGE}"
+        )
+    return dict(build_spec(ServiceConfig.model_validate(json.loads(config))))
+
+
+def _local_image(client: Any, image_ref: str) -> Any:
+    import docker.errors
+
+    try:
+        return client.images.get(image_ref)
+    except docker.errors.ImageNotFound:
+        pass
+    except docker.errors.APIError as exc:
+        raise ReleaseError(f"cannot inspect {image_ref}: {exc.explanation or exc}") from exc
+    try:
+        return client.images.pull(image_ref)
+    except docker.errors.APIError as exc:
+        raise ReleaseError(
+            f"{image_ref} is not in the local Docker engine and pulling it failed: "
+            f"{exc.explanation or exc}"
+        ) from exc
+
+
+def _read_file(container: Any, path: str) -> bytes | None:
+    """One file out of a (created, not started) container; None when it does not exist."""
+    import docker.errors
+
+    try:
+        stream, _ = container.get_archive(path)
+    except docker.errors.NotFound:
+        return None
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+        member = tar.extractfile(Path(path).name)
+        return member.read() if member else None
+
+
+def check_api(
+    client: Any,
+    name: str,
+    spec: dict[str, Any],
+    *,
+    allow_breaking: bool,
+    echo: Callable[[str], None],
+    not_done: str = "Nothing was built, pushed or recorded.",
+) -> ApiCheck:
+    """Compare `spec` with the spec of the production release of `name`; refuse a break.
+
+    Raises ReleaseError listing the breaking changes (and how to allow them) unless
+    `allow_breaking`; `not_done` tells the reader what the refusal left undone.
+    """
+    production = ledger.latest_successful(client, name=name)
+    if production is None:
+        echo(f"API check: no production release of {name} yet, nothing to compare with")
+        return ApiCheck("none", None)
+    recorded = ledger.release_openapi(client, production.release_id)
+    if recorded is None:
+        echo(f"API check: production release {production.short_id} recorded no OpenAPI spec; "
+             "not compared")
+        return ApiCheck("unchecked", production)
+    changes = tuple(c for c in diff_specs(recorded, spec) if c.path not in _INFORMATIONAL)
+    breaking = [c for c in changes if c.kind == "breaking"]
+    against = f"production release {production.short_id} ({production.image})"
+    if not breaking:
+        decision = "compatible" if changes else "none"
+        echo(f"API check against {against}: "
+             + (f"{len(changes)} compatible change(s)" if changes else "no changes"))
+        return ApiCheck(decision, production, changes)
+    listed = "\n".join(f"  - {c.path}: {c.message}" for c in breaking[:20])
+    more = f"\n  ... and {len(breaking) - 20} more" if len(breaking) > 20 else ""
+    if not allow_breaking:
+        raise ReleaseError(
+            f"refusing to release {name}: its API has {len(breaking)} breaking change(s) for "
+            f"callers of {against}:\n{listed}{more}\n{not_done} If the callers are ready "
+            "for it, allow the break explicitly: `bentoship release ... --allow-breaking-api`, "
+            "or `[api: allow-breaking]` in the commit message for CI. The decision is recorded "
+            "with the release."
+        )
+    echo(f"API check against {against}: {len(breaking)} breaking change(s), allowed:\n"
+         f"{listed}{more}")
+    return ApiCheck("breaking-allowed", production, changes)
 
 
 def _ledger_client(settings: Settings) -> Any:
@@ -87,13 +218,25 @@ def release(
     *,
     kind: Literal["model", "hotfix"] = "model",
     submit: bool = False,
+    allow_breaking_api: bool = False,
 ) -> Handoff:
-    """Build and push `req`, render the canary release against production, record it."""
+    """Build and push `req`, render the canary release against production, record it.
+
+    A breaking change of the API against production's is refused before anything is built
+    (see the module docstring) unless `allow_breaking_api`.
+    """
     from pipeline.engine import connect
 
     _check_submit(submit)
     mlflow_client = _ledger_client(settings)
-    result = build(replace(req, push=True), settings, echo)
+    checked: list[tuple[bytes, ApiCheck]] = []
+
+    def guard(plan: Plan) -> None:
+        api = check_api(mlflow_client, plan.resolved.name, plan.openapi,
+                        allow_breaking=allow_breaking_api, echo=echo)
+        checked.append((image.canonical_json(plan.openapi), api))
+
+    result = build(replace(req, push=True), settings, echo, check=guard)
     assert result.digest is not None  # push=True either sets it or raises
     name = result.name
     production = ledger.latest_successful(mlflow_client, name=name)
@@ -101,6 +244,12 @@ def release(
     if baseline == result.digest:
         echo(f"Production already runs {result.pinned}: rendering a direct deploy, no canary")
         baseline = None
+    openapi = service_spec(connect(), result.reference)
+    planned, api = checked[-1]
+    if image.canonical_json(openapi) != planned:  # the image serves another spec than planned
+        api = check_api(mlflow_client, name, openapi, allow_breaking=allow_breaking_api,
+                        echo=echo, not_done=f"{result.pinned} was pushed but nothing was "
+                        "rendered or recorded.")
     spec = ReleaseSpec(
         name=name,
         repository=result.repository,
@@ -110,9 +259,9 @@ def release(
         code_version=result.labels.get("io.bentoship.code.version", ""),
         image_tag=result.tag,
         kind=kind,
-        openapi=service_spec(connect(), result.reference),
+        openapi=openapi,
     )
-    return _finish(spec, config, outdir, settings, echo, result, submit)
+    return _finish(spec, config, outdir, settings, echo, result, submit, api=api)
 
 
 def _finish(
@@ -123,15 +272,20 @@ def _finish(
     echo: Callable[[str], None],
     result: BuildResult | None,
     submit: bool,
+    *,
+    api: ApiCheck | None = None,
 ) -> Handoff:
     echo(f"Rendering the {spec.mode} release into {outdir}")
     files = render_release(spec, config, outdir)
     submitted, note = _submit(files, submit)
     record = ledger.record_release(
-        _ledger_client(settings), spec, files, artifact_root=_artifact_root(settings)
+        _ledger_client(settings), spec, files, artifact_root=_artifact_root(settings),
+        api_change=api.decision if api else None,
+        api_diff=api.as_dict() if api and api.changes else None,
     )
-    echo(f"Recorded release {record.short_id} ({spec.kind}) in the ledger")
-    return Handoff(result, spec, record, files, submitted, note)
+    api_note = f", API change: {api.decision}" if api else ""
+    echo(f"Recorded release {record.short_id} ({spec.kind}{api_note}) in the ledger")
+    return Handoff(result, spec, record, files, submitted, note, api)
 
 
 def _check_submit(submit: bool) -> None:

@@ -2,7 +2,9 @@
 
 A release is recorded only after its image was pushed and its files rendered; the run holds
 what was released (tags and params: kind, model versions, code version, image tag, image and
-baseline by digest) and, as artifacts, the rendered release files and the OpenAPI spec. The
+baseline by digest, the API guard's decision `api_change`) and, as artifacts, the rendered
+release files, the OpenAPI spec (`openapi.json`) and its diff against production
+(`openapi-diff.json`). The
 release id is the run id; any unique prefix of it works too. Hotfixes and rollbacks look up
 earlier releases here (`latest_successful`, `previous_successful`).
 
@@ -26,6 +28,11 @@ if TYPE_CHECKING:
 
 EXPERIMENT = "bentoship-releases"
 STATUSES = ("succeeded", "failed", "rendered")
+# What the API guard decided (pipeline/handoff.py): no change a caller can notice (or no
+# production release to compare with), compatible changes only, a breaking change allowed
+# explicitly, or production recorded no spec to compare with.
+API_CHANGES = ("none", "compatible", "breaking-allowed", "unchecked")
+OPENAPI_ARTIFACT = "openapi.json"
 _TAG = "bentoship."
 _ORDER = ["attributes.start_time DESC"]
 
@@ -46,6 +53,7 @@ class ReleaseRecord:
     code_version: str
     model_versions: dict[str, dict[str, str]]
     artifact_uri: str
+    api_change: str = ""  # one of API_CHANGES; empty when not checked (rollbacks, older records)
 
     @property
     def short_id(self) -> str:
@@ -71,18 +79,25 @@ def record_release(
     status: str = "succeeded",
     *,
     artifact_root: Path | None = None,
+    api_change: str | None = None,
+    api_diff: Mapping[str, Any] | None = None,
 ) -> ReleaseRecord:
     """Record a pushed and rendered release as one finished run; return it as read back.
 
     `rendered_files` is what `render_release` returned (relative path -> file). With the
     embedded store pass `artifact_root` so artifacts land in the state folder, not `./mlruns`.
-    If logging fails half-way the run is deleted again and ReleaseError raised.
+    `api_change` (one of API_CHANGES) is the API guard's decision, recorded as the tag
+    `bentoship.api_change` and the param `api_change`; `api_diff` is logged as
+    `openapi-diff.json`. If logging fails half-way the run is deleted again and ReleaseError
+    raised.
     """
     from mlflow.entities import Param, RunTag
     from mlflow.exceptions import MlflowException
 
     if status not in STATUSES:
         raise ReleaseError(f"status: {status!r} is not one of {', '.join(STATUSES)}")
+    if api_change is not None and api_change not in API_CHANGES:
+        raise ReleaseError(f"api_change: {api_change!r} is not one of {', '.join(API_CHANGES)}")
     missing = [str(p) for p in rendered_files.values() if not Path(p).is_file()]
     if missing:
         raise ReleaseError(f"cannot record the release: rendered files are missing: {missing}")
@@ -103,6 +118,7 @@ def record_release(
             f"{_TAG}model.{variant}": f"{m['name']}/{m['version']}"
             for variant, m in spec.model_versions.items()
         },
+        **({f"{_TAG}api_change": api_change} if api_change else {}),
     }
     params = {
         "name": spec.name,
@@ -117,6 +133,7 @@ def record_release(
             for variant, m in spec.model_versions.items()
             for key, value in m.items()
         },
+        **({"api_change": api_change} if api_change else {}),
     }
     try:
         run = client.create_run(experiment_id, run_name=f"{spec.name}:{spec.image_tag}")
@@ -135,7 +152,9 @@ def record_release(
             folder = str(Path("release", rel).parent)
             client.log_artifact(run_id, str(path), artifact_path=folder)
         if spec.openapi is not None:
-            client.log_dict(run_id, dict(spec.openapi), "openapi.json")
+            client.log_dict(run_id, dict(spec.openapi), OPENAPI_ARTIFACT)
+        if api_diff is not None:
+            client.log_dict(run_id, dict(api_diff), "openapi-diff.json")
         client.set_terminated(run_id, status="FAILED" if status == "failed" else "FINISHED")
     except (MlflowException, OSError) as exc:
         client.delete_run(run_id)
@@ -197,6 +216,29 @@ def release_files(client: MlflowClient, release_id: str) -> list[str]:
         for info in client.list_artifacts(release_id, pending.pop() or None):
             (pending if info.is_dir else files).append(info.path)
     return sorted(files)
+
+
+def release_openapi(client: MlflowClient, release_id: str) -> dict[str, Any] | None:
+    """The OpenAPI spec recorded with a release (`openapi.json`), or None when it has none."""
+    import json
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    if OPENAPI_ARTIFACT not in {info.path for info in client.list_artifacts(release_id)}:
+        return None
+    with tempfile.TemporaryDirectory(prefix="bentoship-openapi-") as tmp:
+        try:
+            path = client.download_artifacts(release_id, OPENAPI_ARTIFACT, tmp)
+            spec = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (MlflowException, OSError, ValueError) as exc:
+            raise ReleaseError(
+                f"cannot read {OPENAPI_ARTIFACT} of release {release_id} from "
+                f"{client.tracking_uri}: {exc}"
+            ) from exc
+    if not isinstance(spec, dict):
+        raise ReleaseError(f"{OPENAPI_ARTIFACT} of release {release_id} is not a JSON object")
+    return spec
 
 
 def latest_successful(
@@ -305,4 +347,5 @@ def _record(run: Run) -> ReleaseRecord:
         code_version=tags.get(f"{_TAG}code_version", ""),
         model_versions=models,
         artifact_uri=run.info.artifact_uri or "",
+        api_change=tags.get(f"{_TAG}api_change", ""),
     )

@@ -94,7 +94,15 @@ def validate_spec(spec: Mapping[str, Any], *, source: str = "the spec") -> None:
     # Imported here: the validator builds its schema registries at import time, and only
     # commands that validate should pay for that.
     from jsonschema.exceptions import SchemaError, UnknownType
+    from jsonschema.validators import validator_for
     from jsonschema_path import SchemaPath
+    from openapi_spec_validator import (
+        OpenAPIV2SpecValidator,
+        OpenAPIV30SpecValidator,
+        OpenAPIV31SpecValidator,
+        OpenAPIV32SpecValidator,
+        schemas,
+    )
     from openapi_spec_validator.shortcuts import get_validator_cls
     from openapi_spec_validator.validation.exceptions import ValidatorDetectError
     from referencing.exceptions import Unresolvable
@@ -111,7 +119,16 @@ def validate_spec(spec: Mapping[str, Any], *, source: str = "the spec") -> None:
         validator = validator_cls(SchemaPath.from_dict(dict(spec)))
         # The structural pass first: the semantic pass (refs, parameters, schema objects)
         # repeats its findings with paths relative to each schema object, which only confuses.
-        errors = list(validator.schema_validator.iter_errors(validator.schema))
+        # It runs on `jsonschema` explicitly: openapi-spec-validator switches to jsonschema-rs
+        # whenever that is installed (Schemathesis brings it), whose errors read differently.
+        document = {
+            OpenAPIV2SpecValidator: schemas.schema_v2,
+            OpenAPIV30SpecValidator: schemas.schema_v30,
+            OpenAPIV31SpecValidator: schemas.schema_v31,
+            OpenAPIV32SpecValidator: schemas.schema_v32,
+        }[validator_cls]
+        structure = validator_for(document)(document)
+        errors = list(structure.iter_errors(validator.schema))
         for error in errors or validator.iter_errors():
             problems.extend(p for p in _problems(error) if p not in problems)
     except UnknownType as exc:

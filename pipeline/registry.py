@@ -7,7 +7,10 @@ that works with the `ModelVersion` it returned, never with the alias again.
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +20,7 @@ from pipeline.errors import ArtifactError, ConfigError, ModelNotFoundError, Vers
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+_URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 _REF = re.compile(
     r"^(?:models:/)?(?P<name>[^@/]+?)(?:@(?P<alias>[A-Za-z0-9_\-]+)|/(?P<version>[^/@]+))$"
 )
@@ -138,6 +142,32 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | Non
         return str(existing.experiment_id)
     location = (artifact_root / name).as_uri() if artifact_root else None
     return str(client.create_experiment(name, artifact_location=location))
+
+
+@contextmanager
+def fluent_uris(tracking_uri: str, registry_uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API at the store for the duration, then put everything back.
+
+    `log_model(registered_model_name=...)` registers through the process-wide URIs, and
+    MLflow's setters also write MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI into os.environ,
+    which bentoship's settings read: left as they are, they would redirect later commands.
+    """
+    import mlflow
+
+    saved_env = {key: os.environ.get(key) for key in _URI_ENV}
+    saved = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(registry_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved[0])
+        mlflow.set_registry_uri(saved[1])
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def download(client: MlflowClient, mv: ModelVersion, dest: Path) -> Path:

@@ -7,13 +7,15 @@ Everything else receives a `Settings` object. Variables:
 - `MLFLOW_TRACKING_URI` / `MLFLOW_REGISTRY_URI`: any MLflow tracking/registry URI; by default a
   SQLite file in the state folder with artifacts beside it.
 - `BENTOSHIP_REGISTRY`: OCI registry host[:port] images are pushed to (default `127.0.0.1:5000`).
+- `BENTOSHIP_WEBHOOK_SECRET`: the secret of the MLflow registry webhook that `bentoship ci
+  webhook` verifies deliveries with (HMAC-SHA256); the receiver refuses to start without it.
 - `DOCKER_HOST`: read by the Docker SDK itself.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_REGISTRY = "127.0.0.1:5000"
@@ -25,6 +27,7 @@ class Settings:
     tracking_uri: str
     registry_uri: str
     oci_registry: str
+    webhook_secret: str = field(default="", repr=False)  # never printed with the settings
 
     @property
     def artifact_root(self) -> Path:
@@ -37,6 +40,11 @@ class Settings:
     @property
     def wheel_cache(self) -> Path:
         return self.home / "wheels"
+
+    @property
+    def webhook_dir(self) -> Path:
+        """The webhook receiver's delivery journal (duplicates, resumable deliveries)."""
+        return self.home / "webhook"
 
     @property
     def uses_embedded_store(self) -> bool:
@@ -55,4 +63,5 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         tracking_uri=tracking_uri,
         registry_uri=registry_uri,
         oci_registry=env.get("BENTOSHIP_REGISTRY", DEFAULT_REGISTRY),
+        webhook_secret=env.get("BENTOSHIP_WEBHOOK_SECRET", ""),
     )

@@ -3,6 +3,11 @@
 bytes --parse_body--> JSON --validate--> Batch(matrix, keys)
       --preprocess--> matrix --assign--> variant per row
       --model.predict_scores (per variant)--> scores --postprocess--> rows, in input order
+
+When a model raises or scores NaN/infinity, the rows it cannot score are looked for: if the
+model still scores the configured example row and some rows fail on their own, those rows are
+outside what the model can compute with (e.g. magnitudes that overflow its arithmetic) and the
+request is refused as ``invalid_input`` (422) naming them; otherwise it is ``model_failed``.
 """
 
 from __future__ import annotations
@@ -15,11 +20,18 @@ from typing import Any
 import numpy as np
 
 from services.config import ServiceConfig
-from services.errors import ModelError, ServiceError, describe, problem
+from services.errors import InvalidInputError, ModelError, Problem, ServiceError, describe, problem
 from services.hooks import Postprocess, Preprocess, resolve_hook, run_postprocess, run_preprocess
 from services.loading import LoadedModel
 from services.routing import Router, assign
-from services.schema import RowSchema, compile_schema, example_row, parse_body, validate
+from services.schema import (
+    MAX_PROBLEMS,
+    RowSchema,
+    compile_schema,
+    example_row,
+    parse_body,
+    validate,
+)
 
 
 @dataclass(frozen=True)
@@ -80,7 +92,7 @@ class Predictor:
         names = self.router.names
         first = int(assignment[0])
         if len(names) == 1 or not np.any(assignment != first):
-            rows, scores = self._score_variant(names[first], matrix)
+            rows, scores = self._score_variant(names[first], matrix, np.arange(len(batch)))
             return Prediction(rows=rows, scores_by_variant={names[first]: scores})
         out: list[dict[str, Any]] = [{}] * len(batch)
         scores_by_variant: dict[str, np.ndarray] = {}
@@ -88,20 +100,22 @@ class Predictor:
             positions = np.flatnonzero(assignment == index)
             if positions.size == 0:
                 continue
-            rows, scores = self._score_variant(name, matrix[positions])
+            rows, scores = self._score_variant(name, matrix[positions], positions)
             for position, row in zip(positions.tolist(), rows):
                 out[position] = row
             scores_by_variant[name] = scores
         return Prediction(rows=out, scores_by_variant=scores_by_variant)
 
     def _score_variant(
-        self, name: str, matrix: np.ndarray
+        self, name: str, matrix: np.ndarray, positions: np.ndarray
     ) -> tuple[list[dict[str, Any]], np.ndarray]:
+        """Score `matrix` (the request's rows at `positions`) with one variant."""
         variant = self.config.variant(name)
         try:
             try:
                 scores = self.models[name].predict_scores(matrix)
             except Exception as exc:
+                self._refuse_unscorable_rows(name, matrix, positions)
                 raise ModelError("model raised", [problem(None, None, describe(exc))]) from exc
             if scores.shape != (matrix.shape[0],):
                 raise ModelError(
@@ -115,6 +129,7 @@ class Predictor:
                     ],
                 )
             if not np.all(np.isfinite(scores)):
+                self._refuse_unscorable_rows(name, matrix, positions)
                 bad = np.flatnonzero(~np.isfinite(scores))[:5].tolist()
                 raise ModelError(
                     "model returned non-finite scores",
@@ -135,8 +150,46 @@ class Predictor:
             row["model_version"] = variant.version
         return rows, scores
 
+    def _refuse_unscorable_rows(self, name: str, matrix: np.ndarray, positions: np.ndarray) -> None:
+        """Raise ``invalid_input`` naming the rows a sound model cannot score; else return.
+
+        Sound: it still scores the configured example row. Each row is then scored on its own
+        (only on this failure path); the first MAX_PROBLEMS that fail are named.
+        """
+        model = self.models[name]
+        try:
+            example = validate({"rows": [example_row(self.config)]}, self.schema).matrix
+            example = run_preprocess(self.preprocess, example, self.schema.names)
+        except ServiceError:
+            return
+        if _score_failure(model, example) is not None:
+            return  # the model itself is broken: a model failure, not the caller's rows
+        problems: list[Problem] = []
+        for i in range(matrix.shape[0]):
+            why = _score_failure(model, matrix[i : i + 1])
+            if why is not None:
+                text = f"the {name} model cannot score this row: {why}"
+                problems.append(problem(int(positions[i]), None, text))
+                if len(problems) == MAX_PROBLEMS:
+                    break
+        if problems:
+            raise InvalidInputError(f"{len(problems)} row(s) the model cannot score", problems)
+
     def warm_up(self) -> None:
         """Score the configured examples once through every variant (raises on failure)."""
         body = {"rows": [example_row(self.config)]}
         for variant in self.config.variants:
             self.predict_parsed(body, override=variant.name)
+
+
+def _score_failure(model: LoadedModel, matrix: np.ndarray) -> str | None:
+    """Why `model` cannot score `matrix` (raises, wrong shape, NaN/infinity), or None."""
+    try:
+        scores = model.predict_scores(matrix)
+    except Exception as exc:  # noqa: BLE001 - whatever the model's code raises is the answer
+        return describe(exc)
+    if scores.shape != (matrix.shape[0],):
+        return f"expected {matrix.shape[0]} scores, got shape {scores.shape}"
+    if not np.all(np.isfinite(scores)):
+        return "it returned NaN or infinity"
+    return None

@@ -15,7 +15,8 @@ Rules:
 - ``double``/``float`` take JSON numbers, ``long``/``integer`` take integers (``3.0`` is
   accepted, ``3.5`` is not), ``boolean`` only ``true``/``false`` (never 0/1) and numbers
   never booleans, ``string`` only strings. JSON itself cannot carry NaN or infinity.
-- the row's key (``key_field``) is a string or an integer, or absent/``null``.
+- the row's key (``key_field``) is a string or an integer (``3.0`` counts as ``3``), or
+  absent/``null``.
 
 A matrix is ``float64`` when every feature is numeric or boolean (booleans become 1.0/0.0),
 otherwise ``object`` with the raw values (strings kept) for loaders that take DataFrames.
@@ -276,6 +277,8 @@ def _key_of(
         return key
     if type(key) is int:
         return str(key)
+    if type(key) is float and key.is_integer():  # JSON (and the OpenAPI spec) call 3.0 an integer
+        return str(int(key))
     problems.append(
         problem(
             i, key_field, f"routing key must be a string or an integer, got {json_type_name(key)}"

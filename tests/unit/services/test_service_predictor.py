@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 
 from services.app import AppState, create_app, max_body_bytes
 from services.config import ServiceConfig
-from services.errors import ModelError
+from services.errors import InvalidInputError, ModelError
 from services.loading import LoadedModel, load_model
 from services.metrics import METRIC_NAMES, create_metrics, sample_scores
 from services.predictor import Predictor
@@ -157,6 +157,37 @@ def test_non_finite_scores_are_a_model_failure(
         flavor="sklearn", loader="test", columns=FEATURES, scorer=lambda m: np.full(len(m), np.nan)
     )
     predictor = Predictor.from_config(config, {**models, "control": nan_model})
+    with pytest.raises(ModelError, match="non-finite"):
+        predictor.predict_parsed({"rows": [ROW]}, override="control")
+
+
+def test_rows_a_sound_model_cannot_score_are_invalid_input(
+    config: ServiceConfig, models: dict[str, LoadedModel]
+) -> None:
+    # A real scikit-learn pipeline: a scaled 1e308 overflows to infinity inside it, and
+    # LogisticRegression refuses the row. The model still scores ordinary rows: the caller's
+    # row is the problem (422, naming it), not the server (500).
+    predictor = Predictor.from_config(config, models)
+    huge = {**ROW, "mean_radius": 1.7e308, "mean_texture": -1.7e308}
+    with pytest.raises(InvalidInputError) as info:
+        predictor.predict_parsed({"rows": [ROW, huge, ROW]}, override="control")
+    body = info.value.to_body()
+    assert body["error"] == "invalid_input" and info.value.status == 422
+    assert [(d["row"], d["field"]) for d in body["detail"]] == [(1, None)]
+    assert body["detail"][0]["problem"].startswith("the control model cannot score this row: ")
+    assert info.value.variant == "control"
+
+
+def test_a_model_failing_on_its_own_example_stays_a_model_failure(
+    config: ServiceConfig, models: dict[str, LoadedModel]
+) -> None:
+    fussy = LoadedModel(
+        flavor="sklearn",
+        loader="test",
+        columns=FEATURES,
+        scorer=lambda m: np.where(m[:, 0] >= 0.5, np.nan, 0.3),  # the example row too
+    )
+    predictor = Predictor.from_config(config, {**models, "control": fussy})
     with pytest.raises(ModelError, match="non-finite"):
         predictor.predict_parsed({"rows": [ROW]}, override="control")
 

@@ -1,0 +1,314 @@
+"""`bentoship ci webhook`: receive MLflow registry webhooks and start releases, one at a time.
+
+    POST /webhook            an MLflow delivery (pipeline/webhook.py checks and reads it)
+    GET  /healthz            {"status": "ok", "pending": n, "counts": {...}}
+    GET  /deliveries/<id>    what became of one delivery
+
+Answers, always one JSON object:
+
+    202 {"status": "accepted", ...}    verified, new, followed: queued for the release worker
+    200 {"status": "ignored", ...}     verified, but not an event a deploy follows
+    200 {"status": "duplicate", ...}   this delivery id was accepted before
+    401 {"error": "bad_signature", "detail": "..."}   (or missing_header, malformed_header,
+                                        stale_timestamp): not provably from our MLflow; nothing runs
+    400 {"error": "malformed_body", ...}, 404, 405, 411, 413 for the rest
+
+The answer comes before the release: a release builds an image (tens of seconds) and MLflow's
+sender gives up after 30 s. Releases run in one worker thread, in arrival order. Delivery ids
+are journaled under `<BENTOSHIP_HOME>/webhook/deliveries.jsonl` when accepted and again when
+done, so a retried delivery is a duplicate even after a restart, and deliveries accepted but
+not finished when the receiver stopped are run when it starts again.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import traceback
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.webhook import (
+    ALIAS_CREATED,
+    ALIAS_DELETED,
+    DELIVERY_ID_HEADER,
+    RegistryEvent,
+    WebhookRejected,
+    parse_event,
+    verify_signature,
+)
+
+__all__ = ["DeliveryJournal", "Outcome", "Receiver", "event_filter"]
+
+MAX_BODY = 1 << 20
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the worker did with a delivery: `released`, `skipped` or `failed`."""
+
+    status: str
+    detail: str
+    release_id: str | None = None
+
+
+Handle = Callable[[RegistryEvent], Outcome]
+Filter = Callable[[RegistryEvent], str | None]  # a reason to ignore the event, or None
+
+
+class DeliveryJournal:
+    """Delivery ids and what became of them, one JSON line per change, safe across threads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._entries: dict[str, dict[str, Any]] = {}
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a crash: the rest is still good
+                if isinstance(entry, dict) and isinstance(entry.get("delivery_id"), str):
+                    self._entries.setdefault(entry["delivery_id"], {}).update(entry)
+
+    def accept(self, event: RegistryEvent) -> bool:
+        """Journal a new delivery as accepted; False when its id was seen before."""
+        assert event.delivery_id
+        with self._lock:
+            if event.delivery_id in self._entries:
+                return False
+            self._write({"delivery_id": event.delivery_id, "status": "accepted",
+                         "event": asdict(event)})
+            return True
+
+    def finish(self, delivery_id: str, outcome: Outcome) -> None:
+        with self._lock:
+            self._write({"delivery_id": delivery_id, **asdict(outcome)})
+
+    def get(self, delivery_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            entry = self._entries.get(delivery_id)
+            return dict(entry) if entry else None
+
+    def unfinished(self) -> list[RegistryEvent]:
+        """Deliveries accepted but never finished (the receiver stopped), oldest first."""
+        with self._lock:
+            return [RegistryEvent(**e["event"]) for e in self._entries.values()
+                    if e.get("status") == "accepted" and isinstance(e.get("event"), dict)]
+
+    def _write(self, entry: dict[str, Any]) -> None:
+        entry = {**entry, "at": datetime.now(UTC).isoformat(timespec="seconds")}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry, sort_keys=True) + "\n")
+        self._entries.setdefault(entry["delivery_id"], {}).update(entry)
+
+
+def event_filter(models: tuple[str, ...], alias_events: tuple[str, ...]) -> Filter:
+    """Which verified events start a release: new versions, and the configured aliases."""
+
+    def reason_to_ignore(event: RegistryEvent) -> str | None:
+        if models and event.model_name not in models:
+            return f"{event.model_name} is not among the models [ci] follows"
+        if event.event == ALIAS_DELETED:
+            return "a deleted alias does not start a release"
+        if event.event == ALIAS_CREATED and event.alias not in alias_events:
+            return (f"alias @{event.alias} is not in [ci] alias_events "
+                    f"({', '.join(alias_events) or 'none'})")
+        return None
+
+    return reason_to_ignore
+
+
+class Receiver:
+    """The HTTP server and its release worker; `start()` runs both in background threads."""
+
+    def __init__(
+        self,
+        secret: str,
+        journal: DeliveryJournal,
+        handle: Handle,
+        *,
+        ignore: Filter = lambda event: None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tolerance_s: int = 300,
+        echo: Echo = lambda message: None,
+    ) -> None:
+        if not secret:
+            raise ConfigError(
+                "BENTOSHIP_WEBHOOK_SECRET is not set: the receiver only accepts deliveries "
+                "signed with the secret of the MLflow webhook. Set it to that secret."
+            )
+        self.secret = secret
+        self.journal = journal
+        self.handle = handle
+        self.ignore = ignore
+        self.tolerance_s = tolerance_s
+        self.echo = echo
+        self.counts: Counter[str] = Counter()
+        self._queue: queue.Queue[RegistryEvent | None] = queue.Queue()
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        try:
+            self.server = ThreadingHTTPServer((host, port), _handler(self))
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc}") from exc
+        self.server.daemon_threads = True
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> None:
+        for event in self.journal.unfinished():
+            self.echo(f"Resuming delivery {event.delivery_id} ({event.model_name}/{event.version}),"
+                      " accepted before the receiver stopped")
+            self._queue.put(event)
+        self._threads = [
+            threading.Thread(target=self._work, name="bentoship-release-worker", daemon=True),
+            threading.Thread(target=self.server.serve_forever, name="bentoship-webhook",
+                             daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Stop answering; let a running release finish (queued ones resume on restart)."""
+        self._stopping.set()
+        self._queue.put(None)
+        self.server.shutdown()
+        self.server.server_close()
+        for thread in self._threads:
+            thread.join(timeout_s)
+
+    def count(self, what: str) -> None:
+        with self._lock:
+            self.counts[what] += 1
+
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def receive(self, headers: Mapping[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
+        """Answer one delivery: verify, read, de-duplicate, filter, queue."""
+        try:
+            verify_signature(self.secret, headers, body, tolerance_s=self.tolerance_s)
+            delivery_id = {k.lower(): v for k, v in headers.items()}[DELIVERY_ID_HEADER.lower()]
+            event = parse_event(body, delivery_id=delivery_id.strip())
+        except WebhookRejected as exc:
+            self.count("rejected")
+            self.echo(f"Rejected a delivery: {exc}")
+            code = 400 if exc.reason == "malformed_body" else 401
+            return code, {"error": exc.reason, "detail": str(exc)}
+        if event is None:
+            self.count("ignored")
+            name = _event_name(body)
+            return 200, {"status": "ignored", "detail": f"{name} events do not start a release"}
+        reason = self.ignore(event)
+        if reason is not None:
+            self.count("ignored")
+            self.echo(f"Ignored {event.event} of {event.model_name}: {reason}")
+            return 200, {"status": "ignored", "detail": reason}
+        if not self.journal.accept(event):
+            self.count("duplicate")
+            self.echo(f"Duplicate delivery {event.delivery_id}: already accepted, not run again")
+            return 200, {"status": "duplicate", "delivery_id": event.delivery_id,
+                         "detail": "this delivery was accepted before"}
+        self.count("accepted")
+        self.echo(f"Accepted {event.event} {event.model_name}/{event.version} "
+                  f"(delivery {event.delivery_id}); {self.pending()} queued before it")
+        self._queue.put(event)
+        return 202, {"status": "accepted", "delivery_id": event.delivery_id,
+                     "model": event.model_name, "version": event.version,
+                     "status_url": f"/deliveries/{event.delivery_id}"}
+
+    def _work(self) -> None:
+        while True:
+            event = self._queue.get()
+            if event is None or self._stopping.is_set():
+                return
+            assert event.delivery_id is not None
+            self.echo(f"Releasing {event.model_name}/{event.version} "
+                      f"(delivery {event.delivery_id})")
+            try:
+                outcome = self.handle(event)
+            except PipelineError as exc:
+                outcome = Outcome("failed", str(exc))
+            except Exception as exc:  # noqa: BLE001 - a bug must not stop later deliveries
+                self.echo(traceback.format_exc())
+                outcome = Outcome("failed", f"internal error: {type(exc).__name__}: {exc}")
+            self.count(outcome.status)
+            self.journal.finish(event.delivery_id, outcome)
+            self.echo(f"Delivery {event.delivery_id}: {outcome.status}: {outcome.detail}")
+
+
+def _event_name(body: bytes) -> str:
+    try:
+        payload = json.loads(body)
+        return f"{payload['entity']}.{payload['action']}"
+    except (ValueError, KeyError, TypeError):
+        return "such"
+
+
+def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "bentoship-webhook"
+
+        def do_POST(self) -> None:
+            if self.path.rstrip("/") != "/webhook":
+                self._answer(404, {"error": "not_found", "detail": "deliveries go to /webhook"})
+                return
+            length = self.headers.get("Content-Length")
+            if length is None or not length.isdigit():
+                self._answer(411, {"error": "length_required",
+                                   "detail": "send the body with a Content-Length"})
+                return
+            if int(length) > MAX_BODY:
+                self._answer(413, {"error": "too_large",
+                                   "detail": f"bodies are limited to {MAX_BODY} bytes"})
+                return
+            body = self.rfile.read(int(length))
+            self._answer(*receiver.receive(dict(self.headers.items()), body))
+
+        def do_GET(self) -> None:
+            if self.path == "/healthz":
+                self._answer(200, {"status": "ok", "pending": receiver.pending(),
+                                   "counts": dict(receiver.counts)})
+            elif self.path.startswith("/deliveries/"):
+                entry = receiver.journal.get(self.path.removeprefix("/deliveries/"))
+                if entry is None:
+                    self._answer(404, {"error": "not_found", "detail": "no such delivery"})
+                else:
+                    self._answer(200, entry)
+            else:
+                self._answer(404, {"error": "not_found",
+                                   "detail": "GET /healthz or /deliveries/<id>"})
+
+        def do_PUT(self) -> None:
+            self._answer(405, {"error": "method_not_allowed", "detail": "POST /webhook"})
+
+        do_DELETE = do_PATCH = do_PUT
+
+        def _answer(self, code: int, payload: dict[str, Any]) -> None:
+            data = json.dumps(payload, sort_keys=True).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # the receiver reports what matters itself
+
+    return Handler

@@ -1,0 +1,1 @@
+"""End-to-end tier: whole stories on real components (MLflow server, Docker, registry, git)."""
