@@ -20,13 +20,16 @@ if TYPE_CHECKING:
     from pipeline.registry import ModelVersion
 
 MANIFEST_TAG = "bentoship.manifest"
+# Written into a local artifact store by MLflow itself whenever `models:/NAME/N` is loaded
+# (e.g. by `mlflow models serve`); not part of what was registered.
+IGNORED = frozenset({"registered_model_meta"})
 DIGEST_TAG = "bentoship.manifest_sha256"
 
 
 def manifest(model_dir: Path) -> dict[str, str]:
     """Relative path -> sha256 of every file under `model_dir`."""
     result: dict[str, str] = {}
-    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+    for path in sorted(p for p in model_dir.rglob("*") if p.is_file() and p.name not in IGNORED):
         h = hashlib.sha256()
         with path.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):

@@ -45,8 +45,9 @@ from services.predictor import Prediction, Predictor
 logger = logging.getLogger("bentoship.service")
 
 JSON = "application/json"
-# Bodies above this size are scored in a worker thread so probes are not held up.
-INLINE_BODY_BYTES = 64 * 1024
+# Bodies above this size are scored in a worker thread so probes are not held up. A 100-row
+# request of the demo model is ~76 kB; scoring it inline saved ~1.5 ms p50 (benchmarks/serving).
+INLINE_BODY_BYTES = 256 * 1024
 
 
 @dataclass
