@@ -16,7 +16,7 @@ import click
 from pipeline._options import (
     check_treatment_options,
     emit,
-    model_ref,
+    model_options,
     output_option,
     quiet_option,
     say,
@@ -306,13 +306,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 @click.command("release")
-@click.option("--model", "control", required=True, metavar="NAME@ALIAS|NAME/VERSION",
-              callback=model_ref,
-              help="The control model version.")
-@click.option("--treatment", metavar="NAME@ALIAS|NAME/VERSION", callback=model_ref,
-              help="An optional treatment.")
-@click.option("--treatment-weight", type=int, metavar="PERCENT",
-              help="Share of traffic for the treatment. [default: 10 with --treatment]")
+@model_options
 @click.option("--name", help="Service name. [default: the control's registered name]")
 @click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
               help="TOML file whose [release] table sets namespace, accounts, replicas, canary "
@@ -321,7 +315,6 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
               default=Path("release"), show_default=True, help="Where the files are written.")
 @click.option("--submit", is_flag=True,
               help="Also save the pipeline with `spin pipeline save` (needs `spin` on PATH).")
-@click.option("--allow-pickle", is_flag=True, help="Allow models that only load by unpickling.")
 @click.option("--allow-breaking-api", is_flag=True,
               help="Release even if the service's OpenAPI spec breaks callers of production's "
               "(recorded as api_change=breaking-allowed). CI: `[api: allow-breaking]` in the "

@@ -86,3 +86,22 @@ def check_treatment_options(treatment: str | None, treatment_weight: int | None)
         raise click.UsageError(
             "--treatment-weight needs --treatment: with one model it gets all the traffic"
         )
+
+
+def model_options(func: F) -> F:
+    """--model, --treatment, --treatment-weight and --allow-pickle, as every building command has."""
+    options = [
+        click.option("--model", "control", required=True, metavar="NAME@ALIAS|NAME/VERSION",
+                     callback=model_ref,
+                     help="The control model version (aliases are resolved once, now)."),
+        click.option("--treatment", metavar="NAME@ALIAS|NAME/VERSION", callback=model_ref,
+                     help="An optional treatment model version, A/B-tested against the control."),
+        click.option("--treatment-weight", type=int, metavar="PERCENT",
+                     help="Share of traffic for the treatment. [default: 10 with --treatment]"),
+        click.option("--allow-pickle", is_flag=True,
+                     help="Allow models that only load by unpickling (mlflow.pyfunc). Off by "
+                     "default: unpickling runs arbitrary code. Recorded in the image labels."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func

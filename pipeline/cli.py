@@ -14,7 +14,7 @@ import click
 from pipeline._options import (
     check_treatment_options,
     emit,
-    model_ref,
+    model_options,
     output_option,
     quiet_option,
     results_only_on_stdout,
@@ -125,19 +125,10 @@ def demo_train(if_missing: bool, output: str) -> None:
 
 
 @cli.command()
-@click.option("--model", "control", required=True, metavar="NAME@ALIAS|NAME/VERSION",
-              callback=model_ref,
-              help="The control model version (aliases are resolved once, now).")
-@click.option("--treatment", metavar="NAME@ALIAS|NAME/VERSION", callback=model_ref,
-              help="An optional treatment model version, A/B-tested against the control.")
-@click.option("--treatment-weight", type=int, metavar="PERCENT",
-              help="Share of traffic for the treatment. [default: 10 with --treatment]")
+@model_options
 @click.option("--name", help="Service and image repository name. [default: the control's "
               "registered name]")
 @click.option("--push", is_flag=True, help="Push to the OCI registry and report the digest.")
-@click.option("--allow-pickle", is_flag=True,
-              help="Allow models that only load by unpickling (mlflow.pyfunc). Off by default: "
-              "unpickling runs arbitrary code. Recorded in the image labels.")
 @click.option("--max-rows", type=int, default=1000, show_default=True,
               help="Largest batch one request may carry.")
 @click.option("--threshold", type=float, default=0.5, show_default=True,
@@ -220,15 +211,8 @@ def run(image_ref: str, port: int, container_name: str | None, output: str) -> N
 
 
 @cli.command()
-@click.option("--model", "control", required=True, metavar="NAME@ALIAS|NAME/VERSION",
-              callback=model_ref,
-              help="The control model version.")
-@click.option("--treatment", metavar="NAME@ALIAS|NAME/VERSION", callback=model_ref,
-              help="An optional treatment.")
-@click.option("--treatment-weight", type=int, metavar="PERCENT",
-              help="Share of traffic for the treatment. [default: 10 with --treatment]")
+@model_options
 @click.option("--port", type=int, default=3000, show_default=True)
-@click.option("--allow-pickle", is_flag=True, help="Allow models that only load by unpickling.")
 def serve(control: str, treatment: str | None, treatment_weight: int | None, port: int,
           allow_pickle: bool) -> None:
     """Serve model versions locally without Docker, exactly as the image would.

@@ -24,7 +24,6 @@ import json
 import re
 import tempfile
 import time
-import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline import ledger, oci, registry
+from pipeline.config import read_table
 from pipeline.errors import ArtifactError, ConfigError, ReleaseError, VersionNotReadyError
 from pipeline.flags import parse_commit_flags
 from pipeline.release import (
@@ -119,15 +119,7 @@ def load_ci_config(path: Path | None) -> CiConfig:
     """Read the `[ci]` table of a TOML file; no file (None) or no table means the defaults."""
     if path is None:
         return CiConfig()
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such configuration file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    table = document.get("ci", {})
-    if not isinstance(table, dict):
-        raise ConfigError(f"{path}: [ci] must be a table, got {type(table).__name__}")
+    table = read_table(path, "ci")
     try:
         return CiConfig.model_validate(table)
     except ValidationError as exc:

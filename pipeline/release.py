@@ -23,7 +23,6 @@ import os
 import re
 import shutil
 import tempfile
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipeline.config import read_table
 from pipeline.errors import ConfigError, ReleaseError
 
 DEFAULT_CONFIG_FILE = Path("bentoship.toml")
@@ -298,16 +298,7 @@ def load_release_config(path: Path | None) -> ReleaseConfig:
     """Read the `[release]` table of a TOML file; no file (None) means the defaults."""
     if path is None:
         return ReleaseConfig()
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such configuration file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    table = document.get("release", {})
-    if not isinstance(table, dict):
-        raise ConfigError(f"{path}: [release] must be a table, got {type(table).__name__}")
-    return parse_release_config(table, source=str(path))
+    return parse_release_config(read_table(path, "release"), source=str(path))
 
 
 # --- what is released -----------------------------------------------------------------------------
