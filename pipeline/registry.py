@@ -154,16 +154,17 @@ def fluent_uris(tracking_uri: str, registry_uri: str) -> Iterator[None]:
     """
     import mlflow
 
-    saved_env = {key: os.environ.get(key) for key in _URI_ENV}
-    saved = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    saved = {key: os.environ.get(key) for key in _URI_ENV}
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(registry_uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(saved[0])
-        mlflow.set_registry_uri(saved[1])
-        for key, value in saved_env.items():
+        # MLflow's setters keep their value in os.environ as well, so the variables say what
+        # was set before; None puts a setter back to "not set" (resolved from the environment).
+        mlflow.set_tracking_uri(saved["MLFLOW_TRACKING_URI"])  # type: ignore[arg-type]
+        mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"])  # type: ignore[arg-type]
+        for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:

@@ -86,3 +86,21 @@ def test_deleted_artifacts_are_a_clear_error(fresh_demo_store: Settings, tmp_pat
         shutil.rmtree(mlmodel.parent)
     with pytest.raises(ArtifactError, match="demo-classifier/1"):
         download(client, mv, tmp_path)
+
+
+def test_fluent_uris_leave_mlflow_as_they_found_it(demo_store: Settings, tmp_path: Path) -> None:
+    import os
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    from pipeline.registry import fluent_uris
+
+    other = f"sqlite:///{tmp_path}/other.db"
+    before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    with fluent_uris(other, other):
+        assert mlflow.get_registry_uri() == other
+    assert {k: os.environ.get(k) for k in before} == before
+    # A client given only a tracking URI must use it for the registry too, not a leftover.
+    client = MlflowClient(demo_store.tracking_uri)
+    assert str(client.get_model_version("demo-classifier", "1").version) == "1"
