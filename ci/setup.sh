@@ -19,6 +19,7 @@ mkdir -p "$STATE"
 
 ROOT_IMAGE="bentoship/python-root:3.11-bookworm"
 REGISTRY_ADDR="127.0.0.1:5000"
+PIP_VERSION="26.3"
 STARTED_AT=$SECONDS
 
 say() { printf '[setup %3ds] %s\n' "$((SECONDS - STARTED_AT))" "$*"; }
@@ -91,7 +92,7 @@ fi
 
 # --- Python environment ---------------------------------------------------------------------------
 stamp="$STATE/venv.stamp"
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+want="$(sha256sum pyproject.toml | cut -d" " -f1)-pip$PIP_VERSION"
 if [ -x .venv/bin/python ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
     say ".venv: up to date"
 else
@@ -99,8 +100,12 @@ else
         say ".venv: creating with python3.11"
         python3.11 -m venv .venv
     fi
-    say ".venv: pip install -e '.[dev]' (log: $STATE/pip.log)"
-    .venv/bin/python -m pip install --disable-pip-version-check -e '.[dev]' >"$STATE/pip.log" 2>&1 \
+    # The venv's bundled pip (23.2) cannot resolve for another platform with --dry-run, which
+    # the extras layer needs: pin the pip the project is tested with.
+    say ".venv: pip==$PIP_VERSION, then pip install -e '.[dev]' (log: $STATE/pip.log)"
+    .venv/bin/python -m pip install --disable-pip-version-check -q "pip==$PIP_VERSION" >"$STATE/pip.log" 2>&1 \
+        || { tail -n 20 "$STATE/pip.log" >&2; die "pip upgrade failed (log: $STATE/pip.log)"; }
+    .venv/bin/python -m pip install --disable-pip-version-check -e '.[dev]' >>"$STATE/pip.log" 2>&1 \
         || { tail -n 20 "$STATE/pip.log" >&2; die "pip install failed (log: $STATE/pip.log)"; }
     echo "$want" >"$stamp"
     say ".venv: ready"
