@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from pipeline import handoff, ledger
 from pipeline.build import BuildRequest
 from pipeline.cli import cli
-from pipeline.registry import client_for, ensure_experiment
+from pipeline.registry import client_for, ensure_experiment, fluent_uris
 from pipeline.release import parse_release_config
 from pipeline.settings import Settings
 from tests import servicekit
@@ -61,34 +61,34 @@ def _register(settings: Settings, X: pd.DataFrame, y: pd.Series) -> str:
     from sklearn.preprocessing import StandardScaler
 
     model = make_pipeline(SimpleImputer(), StandardScaler(), LogisticRegression()).fit(X, y)
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.registry_uri)  # MLflow keeps an earlier one otherwise
     client = client_for(settings.tracking_uri)
-    mlflow.set_experiment(
-        experiment_id=ensure_experiment(client, "api-guard", settings.artifact_root)
-    )
-    with mlflow.start_run():
-        info = mlflow.sklearn.log_model(
-            model,
-            name="model",
-            serialization_format="skops",
-            skops_trusted_types=[
-                "numpy.dtype",
-                "sklearn.impute._base.SimpleImputer",
-                "sklearn.linear_model._logistic.LogisticRegression",
-                "sklearn.pipeline.Pipeline",
-                "sklearn.preprocessing._data.StandardScaler",
-            ],
-            pyfunc_predict_fn="predict_proba",
-            pip_requirements=[
-                f"{pkg}=={installed(pkg)}"
-                for pkg in ("scikit-learn", "skops", "numpy", "pandas", "scipy")
-            ],
-            # NaN in a column makes MLflow record it as optional (`required: false`).
-            signature=infer_signature(X, model.predict_proba(X)[:, 1]),
-            input_example=X.head(3),
-            registered_model_name=MODEL,
+    # Scoped: MLflow's setters also write MLFLOW_*_URI into os.environ for every later test.
+    with fluent_uris(settings.tracking_uri, settings.registry_uri):
+        mlflow.set_experiment(
+            experiment_id=ensure_experiment(client, "api-guard", settings.artifact_root)
         )
+        with mlflow.start_run():
+            info = mlflow.sklearn.log_model(
+                model,
+                name="model",
+                serialization_format="skops",
+                skops_trusted_types=[
+                    "numpy.dtype",
+                    "sklearn.impute._base.SimpleImputer",
+                    "sklearn.linear_model._logistic.LogisticRegression",
+                    "sklearn.pipeline.Pipeline",
+                    "sklearn.preprocessing._data.StandardScaler",
+                ],
+                pyfunc_predict_fn="predict_proba",
+                pip_requirements=[
+                    f"{pkg}=={installed(pkg)}"
+                    for pkg in ("scikit-learn", "skops", "numpy", "pandas", "scipy")
+                ],
+                # NaN in a column makes MLflow record it as optional (`required: false`).
+                signature=infer_signature(X, model.predict_proba(X)[:, 1]),
+                input_example=X.head(3),
+                registered_model_name=MODEL,
+            )
     return str(info.registered_model_version)
 
 
