@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 import urllib.request
 from dataclasses import replace
 
@@ -93,11 +94,12 @@ def test_run_starts_the_pushed_digest_and_predicts(ab_build: BuildResult, docker
 def test_container_never_ready_fails_the_build_and_tags_nothing(
     demo_store: Settings, docker_client, ab_build: BuildResult  # type: ignore[no-untyped-def]
 ) -> None:
-    request = BuildRequest(control="demo-classifier/2", name="never-ready", ready_timeout_s=1.0)
+    name = f"never-ready-{uuid.uuid4().hex[:8]}"  # nothing from an earlier run can match
+    request = BuildRequest(control="demo-classifier/2", name=name, ready_timeout_s=1.0)
     containers_before = {c.id for c in docker_client.containers.list(all=True)}
     with pytest.raises(SmokeTestError, match=r"not ready after 1s.*Last log lines"):
         build(request, demo_store, echo=print)
-    assert docker_client.images.list(name="127.0.0.1:5000/never-ready") == []
+    assert docker_client.images.list(name=f"127.0.0.1:5000/{name}") == []
     assert {c.id for c in docker_client.containers.list(all=True)} == containers_before
 
 
