@@ -22,8 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,7 @@ from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
+from pipeline import oci
 from pipeline.errors import ImageBuildError, PipelineError, PushError
 from pipeline.settings import Settings, load_settings
 
@@ -377,18 +376,24 @@ def _build(
     return client.images.get(image_id)
 
 
-def _registry_answers(registry: str) -> bool:
-    host = registry.split(":")[0]
-    loopback = host == "localhost" or host.startswith("127.")
-    url = f"{'http' if loopback else 'https'}://{registry}/v2/"
-    opener = urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if loopback else []))
+def _pushed(image: Image, registry: str, tag: str) -> str | None:
+    """`repository@digest` when the registry already serves this very image under `tag`.
+
+    The image's RepoDigests record what an earlier push got; the registry still having that
+    digest under the tag means there is nothing to push (a wiped registry gets a new push).
+    """
+    repository = f"{registry}/{BASE_REPOSITORY}"
+    known = {d.partition("@")[2] for d in image.attrs.get("RepoDigests") or []
+             if d.partition("@")[0] == repository}
+    if not known:
+        return None
     try:
-        with opener.open(url, timeout=3):
-            return True
-    except urllib.error.HTTPError as exc:
-        return exc.code == 401  # it answers, and wants the engine's credentials
-    except (urllib.error.URLError, OSError):
-        return False
+        remote = oci.find(repository, tag.rsplit(":", 1)[1])
+    except PipelineError:
+        return None
+    if remote is None or remote.digest not in known:
+        return None
+    return f"{repository}@{remote.digest}"
 
 
 def _push(client: docker.DockerClient, image: Image, registry: str, tag: str, echo: Echo) -> str:
@@ -463,8 +468,10 @@ def ensure_base_image(
 
     ref = tag
     if push:
-        if _registry_answers(settings.oci_registry):
-            ref = _push(client, image, settings.oci_registry, tag, echo)
+        if oci.answers(settings.oci_registry):
+            ref = _pushed(image, settings.oci_registry, tag) or _push(
+                client, image, settings.oci_registry, tag, echo
+            )
         else:
             echo(
                 f"registry {settings.oci_registry} does not answer: using the local tag {tag} "
