@@ -7,14 +7,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import click
 import mlflow.artifacts
 import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from pipeline import ledger
-from pipeline._cli_release import releases, render
+from pipeline.cli import cli
 from pipeline.errors import ReleaseError
 from pipeline.release import ReleaseConfig, ReleaseSpec, render_release
 from tests.stores import running_mlflow_server
@@ -211,32 +210,19 @@ def test_nothing_is_recorded_without_the_rendered_files(
 # --- CLI ------------------------------------------------------------------------------------------
 
 
-def cli() -> click.Group:
-    from pipeline.cli import _Group
-
-    @click.group(cls=_Group)
-    @click.option("--debug", is_flag=True)
-    def root(debug: bool) -> None:
-        pass
-
-    root.add_command(render)
-    root.add_command(releases)
-    return root
-
-
 def test_cli_lists_and_shows_releases(
     client: MlflowClient, tracking_uri: str, tmp_path: Path
 ) -> None:
     env = {"MLFLOW_TRACKING_URI": tracking_uri, "BENTOSHIP_HOME": str(tmp_path / "home")}
     runner = CliRunner(env=env)
 
-    empty = runner.invoke(cli(), ["releases", "list"], catch_exceptions=False)
+    empty = runner.invoke(cli, ["releases", "list"], catch_exceptions=False)
     assert empty.exit_code == 0 and "No releases recorded" in empty.stdout
 
     old = record(client, tmp_path, spec(1))
     new = record(client, tmp_path, spec(2, kind="hotfix", baseline=1))
 
-    table = runner.invoke(cli(), ["releases", "list"], catch_exceptions=False)
+    table = runner.invoke(cli, ["releases", "list"], catch_exceptions=False)
     assert table.exit_code == 0, table.output
     lines = table.stdout.splitlines()
     assert lines[0].split()[:3] == ["ID", "CREATED", "(UTC)"]
@@ -244,22 +230,22 @@ def test_cli_lists_and_shows_releases(
     assert "hotfix" in lines[1] and "ctl-v2.code-1a2b3c4" in lines[1]
     assert "control=demo-classifier/2" in lines[1]
 
-    listed = runner.invoke(cli(), ["releases", "list", "--output", "json"], catch_exceptions=False)
+    listed = runner.invoke(cli, ["releases", "list", "--output", "json"], catch_exceptions=False)
     report = json.loads(listed.stdout)
     assert [r["release_id"] for r in report["releases"]] == [new.release_id, old.release_id]
 
-    shown = runner.invoke(cli(), ["releases", "show", new.release_id[:8]], catch_exceptions=False)
+    shown = runner.invoke(cli, ["releases", "show", new.release_id[:8]], catch_exceptions=False)
     assert shown.exit_code == 0, shown.output
     assert new.release_id in shown.stdout and f"{REPO}@{digest(2)}" in shown.stdout
     assert "release/pipeline.json" in shown.stdout and "openapi.json" in shown.stdout
 
     as_json = runner.invoke(
-        cli(), ["releases", "show", new.release_id, "-o", "json"], catch_exceptions=False
+        cli, ["releases", "show", new.release_id, "-o", "json"], catch_exceptions=False
     )
     shown_report = json.loads(as_json.stdout)
     assert shown_report["release"]["image"] == f"{REPO}@{digest(2)}"
     assert "release/k8s/deployment.yaml" in shown_report["files"]
 
-    missing = runner.invoke(cli(), ["releases", "show", "nope"])
+    missing = runner.invoke(cli, ["releases", "show", "nope"])
     assert missing.exit_code == 1
     assert "no release with id 'nope'" in missing.output

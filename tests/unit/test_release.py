@@ -8,13 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import click
 import kubernetes_validate
 import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipeline._cli_release import releases, render
+from pipeline.cli import cli
 from pipeline.errors import ConfigError, PipelineError, ReleaseError
 from pipeline.release import (
     CANARY_METRIC_LABELS,
@@ -63,19 +62,6 @@ def demo_spec(**changes: Any) -> ReleaseSpec:
         **changes,
     }
     return ReleaseSpec(**fields)
-
-
-def cli() -> click.Group:
-    from pipeline.cli import _Group
-
-    @click.group(cls=_Group)
-    @click.option("--debug", is_flag=True)
-    def root(debug: bool) -> None:
-        pass
-
-    root.add_command(render)
-    root.add_command(releases)
-    return root
 
 
 @pytest.fixture
@@ -534,7 +520,7 @@ def test_a_failed_render_leaves_an_earlier_release_untouched(tmp_path: Path) -> 
 def test_cli_renders_the_example_release_exactly(tmp_path: Path) -> None:
     """docs/example-release is what this command renders; re-render it when this fails."""
     result = CliRunner().invoke(
-        cli(), [*EXAMPLE_ARGS, "--out", str(tmp_path), "--output", "json"], catch_exceptions=False
+        cli, [*EXAMPLE_ARGS, "--out", str(tmp_path), "--output", "json"], catch_exceptions=False
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -556,7 +542,7 @@ def test_cli_refuses_a_tag_as_usage_error(tmp_path: Path) -> None:
     args = [
         a if a != f"{REPO}@{NEW}" else f"{REPO}:ctl-v2.trt-v3.code-4e5f6a7" for a in EXAMPLE_ARGS
     ]
-    result = CliRunner().invoke(cli(), [*args, "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
     assert "--image" in result.output and "digest" in result.output
     assert not (tmp_path / "out").exists()
@@ -566,7 +552,7 @@ def test_cli_bad_config_exits_1_naming_file_and_key(tmp_path: Path) -> None:
     config = tmp_path / "bentoship.toml"
     config.write_text("[release.canary]\nthresholds = { marginal = 90, pass = 80 }\n")
     args = [*EXAMPLE_ARGS[:-1], str(config), "--out", str(tmp_path / "out")]
-    result = CliRunner().invoke(cli(), args)
+    result = CliRunner().invoke(cli, args)
     assert result.exit_code == 1
     assert str(config) in result.output and "release.canary.thresholds" in result.output
     assert not (tmp_path / "out").exists()
@@ -577,7 +563,7 @@ def test_cli_checks_the_tag_against_the_model_versions(tmp_path: Path) -> None:
         a if a != "ctl-v2.trt-v3.code-4e5f6a7" else "ctl-v1.trt-v3.code-4e5f6a7"
         for a in EXAMPLE_ARGS
     ]
-    result = CliRunner().invoke(cli(), [*args, "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "out")])
     assert result.exit_code == 1
     assert "control v1" in result.output and "control v2" in result.output
     assert not (tmp_path / "out").exists()
