@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import docker
 import pytest
 
-from pipeline.base import BaseImage, ensure_base_image
-from pipeline.engine import connect
+from pipeline.build.base import BaseImage, ensure_base_image
+from pipeline.build.engine import connect
 from pipeline.errors import EngineUnavailableError
 from pipeline.settings import load_settings
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import demo
+from pipeline.models import demo
 from pipeline.settings import Settings, load_settings
 
 

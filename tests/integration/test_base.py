@@ -15,9 +15,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from pipeline import base
-from pipeline.base import BaseImage, ensure_base_image, lock_pins
-from pipeline.engine import connect
+from pipeline.build import base
+from pipeline.build.base import BaseImage, ensure_base_image, lock_pins
+from pipeline.build.engine import connect
 from pipeline.errors import EngineUnavailableError, ImageBuildError
 from pipeline.settings import load_settings
 

@@ -11,8 +11,8 @@ from dataclasses import replace
 import pytest
 from click.testing import CliRunner
 
-from pipeline import smoke
-from pipeline.build import BuildRequest, BuildResult, build
+from pipeline.build import smoke
+from pipeline.build.builder import BuildRequest, BuildResult, build
 from pipeline.cli import cli
 from pipeline.errors import PushError, SmokeTestError
 from pipeline.settings import Settings

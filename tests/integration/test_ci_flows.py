@@ -28,11 +28,17 @@ from cryptography.fernet import Fernet
 from mlflow import MlflowClient
 from mlflow.webhooks.delivery import _generate_hmac_signature
 
-from pipeline import demo, flows, ledger, oci
+from pipeline.models import demo
+
+from pipeline.flows import flows
+
+from pipeline.release import ledger
+
+from pipeline.build import oci
 from pipeline.cli import cli
 from pipeline.errors import ArtifactError
-from pipeline.integrity import DIGEST_TAG
-from pipeline.release import ReleaseConfig
+from pipeline.models.integrity import DIGEST_TAG
+from pipeline.release.documents import ReleaseConfig
 from pipeline.settings import load_settings
 from tests.stores import free_port, running_mlflow_server
 

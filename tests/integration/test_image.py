@@ -27,13 +27,19 @@ import docker.errors
 import pytest
 from click.testing import CliRunner
 
-from pipeline import bento, demo, image, oci
-from pipeline.base import BaseImage, lock_pins
-from pipeline.build import PROJECT_ROOT, BuildRequest, BuildResult, build, plan, resolve_request
+from pipeline.build import bento
+
+from pipeline.models import demo
+
+from pipeline.build import image
+
+from pipeline.build import oci
+from pipeline.build.base import BaseImage, lock_pins
+from pipeline.build.builder import PROJECT_ROOT, BuildRequest, BuildResult, build, plan, resolve_request
 from pipeline.cli import cli
 from pipeline.errors import ArtifactError, ConfigError, PushError
-from pipeline.integrity import DIGEST_TAG
-from pipeline.registry import client_for, ensure_experiment, fluent_uris
+from pipeline.models.integrity import DIGEST_TAG
+from pipeline.models.registry import client_for, ensure_experiment, fluent_uris
 from pipeline.settings import Settings
 from tests.stores import store_settings
 

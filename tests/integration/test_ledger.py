@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from pipeline import ledger
+from pipeline.release import ledger
 from pipeline.cli import cli
 from pipeline.errors import ReleaseError
-from pipeline.release import ReleaseConfig, ReleaseSpec, render_release
+from pipeline.release.documents import ReleaseConfig, ReleaseSpec, render_release
 from tests.stores import running_mlflow_server
 
 REPO = "127.0.0.1:5000/demo-classifier"

@@ -27,8 +27,12 @@ import openapi_spec_validator
 import pytest
 from click.testing import CliRunner
 
-from pipeline import handoff, image, smoke
-from pipeline.build import BuildRequest, BuildResult, build
+from pipeline.release import handoff
+
+from pipeline.build import image
+
+from pipeline.build import smoke
+from pipeline.build.builder import BuildRequest, BuildResult, build
 from pipeline.cli import cli
 from pipeline.settings import Settings
 

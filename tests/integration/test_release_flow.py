@@ -10,12 +10,16 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipeline import handoff, ledger, smoke
-from pipeline.build import BuildRequest
+from pipeline.release import handoff
+
+from pipeline.release import ledger
+
+from pipeline.build import smoke
+from pipeline.build.builder import BuildRequest
 from pipeline.cli import cli
 from pipeline.errors import PushError
-from pipeline.registry import client_for
-from pipeline.release import CANARY_METRIC_NAMES, parse_release_config
+from pipeline.models.registry import client_for
+from pipeline.release.documents import CANARY_METRIC_NAMES, parse_release_config
 from pipeline.settings import Settings
 from tests.stores import store_settings, train_demo
 

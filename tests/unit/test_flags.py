@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.flags import CommitDecision, parse_commit_flags
+from pipeline.flows.flags import CommitDecision, parse_commit_flags
 
 NONE = ("none", False)
 CODE_ONLY = ("deploy-code-only", False)

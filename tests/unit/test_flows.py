@@ -28,14 +28,14 @@ import yaml
 from click.testing import CliRunner
 from mlflow.webhooks.delivery import _generate_hmac_signature
 
-from pipeline import flows
+from pipeline.flows import flows
 from pipeline.cli import cli
 from pipeline.errors import ConfigError
-from pipeline.ledger import ReleaseRecord
-from pipeline.receiver import DeliveryJournal, Outcome, Receiver, event_filter
-from pipeline.release import ReleaseConfig
+from pipeline.release.ledger import ReleaseRecord
+from pipeline.flows.receiver import DeliveryJournal, Outcome, Receiver, event_filter
+from pipeline.release.documents import ReleaseConfig
 from pipeline.settings import load_settings
-from pipeline.webhook import RegistryEvent
+from pipeline.flows.webhook import RegistryEvent
 
 ROOT = Path(__file__).resolve().parents[2]
 REPO = "127.0.0.1:5000/demo-classifier"

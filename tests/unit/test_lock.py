@@ -8,7 +8,7 @@ from importlib.metadata import version
 import pytest
 from packaging.utils import canonicalize_name
 
-from pipeline.base import LOCK_FILE, lock_pins
+from pipeline.build.base import LOCK_FILE, lock_pins
 
 # The libraries a pickled, skops'd or saved model is tied to, and BentoML's store format.
 MODEL_FACING = ["bentoml", "scikit-learn", "xgboost-cpu", "skops", "pandas", "numpy"]

@@ -16,9 +16,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from pipeline._cli_openapi import openapi
+from pipeline.cli.openapi import openapi
 from pipeline.errors import PipelineError
-from pipeline.openapi import Change, diff_specs, load_spec, validate_spec
+from pipeline.release.api_spec import Change, diff_specs, load_spec, validate_spec
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "openapi"
 V1 = FIXTURES / "service_v1.yaml"

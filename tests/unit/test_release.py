@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from pipeline.cli import cli
 from pipeline.errors import ConfigError, PipelineError, ReleaseError
-from pipeline.release import (
+from pipeline.release.documents import (
     CANARY_METRIC_LABELS,
     CANARY_METRIC_NAMES,
     CANARY_SERIES,

@@ -21,7 +21,7 @@ from mlflow.entities.webhook import Webhook, WebhookEvent
 from mlflow.webhooks import delivery as mlflow_delivery
 
 from pipeline.errors import ConfigError
-from pipeline.webhook import (
+from pipeline.flows.webhook import (
     DELIVERY_ID_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import integrity
+from pipeline.models import integrity
 from pipeline.errors import ArtifactError
-from pipeline.registry import client_for, download, resolve
+from pipeline.models.registry import client_for, download, resolve
 from pipeline.settings import Settings
 
 

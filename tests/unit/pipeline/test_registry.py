@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ArtifactError, ConfigError, ModelNotFoundError, VersionNotReadyError
-from pipeline.registry import ModelRef, client_for, download, parse_ref, resolve
+from pipeline.models.registry import ModelRef, client_for, download, parse_ref, resolve
 from pipeline.settings import Settings
 
 from tests.stores import set_status
@@ -94,7 +94,7 @@ def test_fluent_uris_leave_mlflow_as_they_found_it(demo_store: Settings, tmp_pat
     import mlflow
     from mlflow import MlflowClient
 
-    from pipeline.registry import fluent_uris
+    from pipeline.models.registry import fluent_uris
 
     other = f"sqlite:///{tmp_path}/other.db"
     before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.requirements import ModelRequirements, resolve_requirements
+from pipeline.models.requirements import ModelRequirements, resolve_requirements
 
 BASE = {"scikit-learn": "1.9.1", "numpy": "2.4.6", "xgboost-cpu": "3.2.0", "pandas": "3.1.1"}
 

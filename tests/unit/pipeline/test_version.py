@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.image import image_tag
-from pipeline.version import code_version, source_url
+from pipeline.build.image import image_tag
+from pipeline.identity import code_version, source_url
 
 
 def git(repo: Path, *args: str) -> None:

@@ -34,11 +34,11 @@ from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
-from pipeline import oci
+from pipeline.build import oci
 from pipeline.errors import ImageBuildError, PipelineError, PushError
 from pipeline.settings import Settings, load_settings
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCK_FILE = REPO_ROOT / "services" / "requirements.lock"
 DOCKERFILE = REPO_ROOT / "Dockerfile.base"
 
@@ -482,7 +482,7 @@ def ensure_base_image(
 
 def main() -> int:
     """Ensure the base image and print its reference on stdout (progress goes to stderr)."""
-    from pipeline.engine import connect
+    from pipeline.build.engine import connect
 
     try:
         base = ensure_base_image(connect(), load_settings())

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from pipeline._options import (
+from pipeline.cli.options import (
     check_treatment_options,
     emit,
     model_options,
@@ -57,9 +57,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from pipeline._cli_ci import ci, rollback
-    from pipeline._cli_openapi import openapi
-    from pipeline._cli_release import release, releases, render
+    from pipeline.cli.ci import ci, rollback
+    from pipeline.cli.openapi import openapi
+    from pipeline.cli.release import release, releases, render
 
     cli.add_command(openapi)
     cli.add_command(release)
@@ -93,7 +93,7 @@ def demo_train(if_missing: bool, output: str) -> None:
     (treatment), in the MLflow store of MLFLOW_TRACKING_URI (default: a SQLite file under
     .bentoship/).
     """
-    from pipeline import demo as demo_models
+    from pipeline.models import demo as demo_models
 
     settings = _settings()
     if if_missing:
@@ -158,8 +158,8 @@ def build(control: str, treatment: str | None, treatment_weight: int | None, nam
       bentoship build --model demo-classifier/1 --treatment demo-classifier/2 \\
                       --treatment-weight 10 --push --output json
     """
-    from pipeline.build import BuildRequest
-    from pipeline.build import build as run_build
+    from pipeline.build.builder import BuildRequest
+    from pipeline.build.builder import build as run_build
 
     check_treatment_options(treatment, treatment_weight)
     request = BuildRequest(control=control, treatment=treatment, name=name,
@@ -190,8 +190,8 @@ def run(image_ref: str, port: int, container_name: str | None, output: str) -> N
     The container runs as in production: non-root, read-only root filesystem. Stop it with
     `docker rm -f CONTAINER`.
     """
-    from pipeline import smoke
-    from pipeline.engine import connect
+    from pipeline.build import smoke
+    from pipeline.build.engine import connect
 
     client = connect()
     say(f"Starting {image_ref} on 127.0.0.1:{port}")
@@ -220,8 +220,8 @@ def serve(control: str, treatment: str | None, treatment_weight: int | None, por
     Same resolution, verification and service as `bentoship build`; runs `bentoml serve` in
     the foreground on 127.0.0.1.
     """
-    from pipeline.build import BuildRequest
-    from pipeline.build import serve as run_serve
+    from pipeline.build.builder import BuildRequest
+    from pipeline.build.builder import serve as run_serve
 
     check_treatment_options(treatment, treatment_weight)
     request = BuildRequest(control=control, treatment=treatment,
@@ -238,8 +238,8 @@ def push(image_ref: str, output: str, quiet: bool) -> None:
 
     From then on refer to the image as REPOSITORY@sha256:..., never by tag.
     """
-    from pipeline import image
-    from pipeline.engine import connect
+    from pipeline.build import image
+    from pipeline.build.engine import connect
 
     repository, _, tag = image_ref.rpartition(":")
     if not repository or "/" in tag:

@@ -9,9 +9,9 @@ from typing import Any
 import click
 import yaml
 
-from pipeline._options import check_treatment_options, emit, model_ref, output_option, say
+from pipeline.cli.options import check_treatment_options, emit, model_ref, output_option, say
 from pipeline.errors import PipelineError
-from pipeline.openapi import Change, diff_specs, load_spec, validate_spec
+from pipeline.release.api_spec import Change, diff_specs, load_spec, validate_spec
 
 _spec_path = click.Path(exists=True, dir_okay=False, readable=True, path_type=Path)
 
@@ -101,7 +101,7 @@ def export(image_ref: str | None, control: str | None, treatment: str | None,
                                --treatment demo-classifier@challenger -o next.json
       bentoship openapi diff openapi.json next.json
     """
-    from pipeline.image import openapi_sha256
+    from pipeline.build.image import openapi_sha256
 
     if (image_ref is None) == (control is None):
         raise click.UsageError("give either IMAGE or --model REF (not both)")
@@ -137,8 +137,8 @@ def export(image_ref: str | None, control: str | None, treatment: str | None,
 
 
 def _image_spec(image_ref: str) -> dict[str, Any]:
-    from pipeline.engine import connect
-    from pipeline.handoff import service_spec
+    from pipeline.build.engine import connect
+    from pipeline.release.handoff import service_spec
 
     return service_spec(connect(), image_ref)
 
@@ -148,7 +148,7 @@ def _planned_spec(control: str, treatment: str | None, treatment_weight: int | N
                   allow_pickle: bool) -> dict[str, Any]:
     import tempfile
 
-    from pipeline.build import BuildRequest, plan, resolve_request
+    from pipeline.build.builder import BuildRequest, plan, resolve_request
     from pipeline.settings import load_settings
 
     settings = load_settings()

@@ -17,7 +17,7 @@ from pipeline.errors import ArtifactError
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-    from pipeline.registry import ModelVersion
+    from pipeline.models.registry import ModelVersion
 
 MANIFEST_TAG = "bentoship.manifest"
 # Written into a local artifact store by MLflow itself whenever `models:/NAME/N` is loaded

@@ -15,14 +15,14 @@ from typing import Any
 
 import click
 
-from pipeline._options import emit, output_option, quiet_option, say
+from pipeline.cli.options import emit, output_option, quiet_option, say
 
 _CONFIG_HELP = ("TOML file with [release] and [ci] tables (docs/ci-flows.md). "
                 "[default: ./bentoship.toml if present]")
 
 
 def _config_path(path: Path | None) -> Path | None:
-    from pipeline.release import DEFAULT_CONFIG_FILE
+    from pipeline.release.documents import DEFAULT_CONFIG_FILE
 
     if path is None and DEFAULT_CONFIG_FILE.is_file():
         return DEFAULT_CONFIG_FILE
@@ -30,8 +30,8 @@ def _config_path(path: Path | None) -> Path | None:
 
 
 def _configs(path: Path | None) -> tuple[Any, Any]:
-    from pipeline.flows import load_ci_config
-    from pipeline.release import load_release_config
+    from pipeline.flows.flows import load_ci_config
+    from pipeline.release.documents import load_release_config
 
     path = _config_path(path)
     return load_release_config(path), load_ci_config(path)
@@ -107,7 +107,7 @@ def on_model_registered(model: str, version: int, name: str | None, config_path:
     a service deploys NAME/N alone, directly. Does nothing (exit 0, saying why) when the version
     already is production's control or production already runs exactly these versions and code.
     """
-    from pipeline import flows
+    from pipeline.flows import flows
     from pipeline.settings import load_settings
 
     release_config, ci_config = _configs(config_path)
@@ -143,7 +143,7 @@ def on_commit(message: str, sha: str, name: str | None, config_path: Path | None
       [api: allow-breaking] or the trailer `Api: allow-breaking`: release even if the
                             service's API breaks production's callers
     """
-    from pipeline import flows
+    from pipeline.flows import flows
     from pipeline.settings import load_settings
 
     release_config, _ = _configs(config_path)
@@ -175,10 +175,10 @@ def webhook(host: str, port: int, config_path: Path | None, outdir: Path | None,
     POST /webhook; GET /healthz and /deliveries/<id> show what happened. Stop with Ctrl-C or
     SIGTERM: a running release finishes, queued ones resume at the next start.
     """
-    from pipeline import flows
-    from pipeline.receiver import DeliveryJournal, Outcome, Receiver, event_filter
+    from pipeline.flows import flows
+    from pipeline.flows.receiver import DeliveryJournal, Outcome, Receiver, event_filter
     from pipeline.settings import load_settings
-    from pipeline.webhook import RegistryEvent
+    from pipeline.flows.webhook import RegistryEvent
 
     settings = load_settings()
     release_config, ci_config = _configs(config_path)
@@ -240,7 +240,7 @@ def rollback(to: str | None, name: str | None, baseline: str | None, config_path
     undo a failed rollout), but nothing is recorded: the command then exits 1 after printing
     the result. Without --to it needs the ledger, and says so.
     """
-    from pipeline import flows
+    from pipeline.flows import flows
     from pipeline.settings import load_settings
 
     release_config, ci_config = _configs(config_path)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import ReleaseError
-from pipeline.release import KINDS, ReleaseSpec
+from pipeline.release.documents import KINDS, ReleaseSpec
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import SmokeTestError
-from pipeline.image import PORT
+from pipeline.build.image import PORT
 
 # Where a read-only root filesystem still needs writable scratch space (as in Kubernetes).
 SCRATCH = {

@@ -25,12 +25,22 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pipeline import bento, image, integrity, oci, registry, smoke
+from pipeline.build import bento
+
+from pipeline.build import image
+
+from pipeline.models import integrity
+
+from pipeline.build import oci
+
+from pipeline.models import registry
+
+from pipeline.build import smoke
 from pipeline.errors import ConfigError, DockerError, PushError
 from pipeline.progress import reporter
-from pipeline.requirements import ResolvedRequirements, read_requirements, resolve_requirements
+from pipeline.models.requirements import ResolvedRequirements, read_requirements, resolve_requirements
 from pipeline.settings import Settings
-from pipeline.version import CodeVersion, code_version, source_url
+from pipeline.identity import CodeVersion, code_version, source_url
 
 PROJECT_ROOT = bento.SERVICES_DIR.parent
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -180,7 +190,7 @@ def plan(
     resolved: Resolved, settings: Settings, work: Path, echo: Callable[[str], None]
 ) -> Plan:
     """Download and verify the artifacts into `work`, check signatures and requirements."""
-    from pipeline.base import lock_pins
+    from pipeline.build.base import lock_pins
 
     req = resolved.request
     client = registry.client_for(settings.tracking_uri, settings.registry_uri)
@@ -222,8 +232,8 @@ def build(
     called with the plan before the first side effect (a release's API guard); it refuses by
     raising.
     """
-    from pipeline.base import ensure_base_image, lock_pins
-    from pipeline.engine import connect
+    from pipeline.build.base import ensure_base_image, lock_pins
+    from pipeline.build.engine import connect
 
     started = time.monotonic()
     progress = reporter(echo)

@@ -24,11 +24,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline import image, ledger, registry
-from pipeline.build import BuildRequest, BuildResult, Plan, build
+from pipeline.build import image
+
+from pipeline.release import ledger
+
+from pipeline.models import registry
+from pipeline.build.builder import BuildRequest, BuildResult, Plan, build
 from pipeline.errors import ReleaseError
-from pipeline.openapi import Change, diff_specs
-from pipeline.release import ReleaseConfig, ReleaseSpec, render_release
+from pipeline.release.api_spec import Change, diff_specs
+from pipeline.release.documents import ReleaseConfig, ReleaseSpec, render_release
 from pipeline.settings import Settings
 
 CONFIG_IN_IMAGE = f"{image.BENTO_DIR}/src/services/bentoship.json"
@@ -225,7 +229,7 @@ def release(
     A breaking change of the API against production's is refused before anything is built
     (see the module docstring) unless `allow_breaking_api`.
     """
-    from pipeline.engine import connect
+    from pipeline.build.engine import connect
 
     _check_submit(submit)
     mlflow_client = _ledger_client(settings)

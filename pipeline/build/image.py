@@ -169,7 +169,7 @@ def prepare_extras(
     requirements and the lock: the same extras resolve to the same pins, offline.
     Raises `ConfigError` (naming the packages) when no versions fit the base's pins.
     """
-    from pipeline.base import prepare_wheels
+    from pipeline.build.base import prepare_wheels
 
     progress = reporter(echo)
     pins = _resolve_extras(wanted, base_pins, settings, progress)
@@ -188,7 +188,7 @@ def _resolve_extras(
 ) -> tuple[str, ...]:
     from packaging.utils import canonicalize_name
 
-    from pipeline.base import _PIP_TARGET  # the image's platform, as the base image uses it
+    from pipeline.build.base import _PIP_TARGET  # the image's platform, as the base image uses it
 
     constraints = "".join(f"{n}=={v}\n" for n, v in sorted(base_pins.items()))
     key = hashlib.sha256(

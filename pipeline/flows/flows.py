@@ -34,11 +34,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipeline import ledger, oci, registry
+from pipeline.release import ledger
+
+from pipeline.build import oci
+
+from pipeline.models import registry
 from pipeline.config import read_table
 from pipeline.errors import ArtifactError, ConfigError, ReleaseError, VersionNotReadyError
-from pipeline.flags import parse_commit_flags
-from pipeline.release import (
+from pipeline.flows.flags import parse_commit_flags
+from pipeline.release.documents import (
     ReleaseConfig,
     ReleaseSpec,
     parse_image_reference,
@@ -50,8 +54,8 @@ from pipeline.settings import Settings
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-    from pipeline.build import BuildRequest
-    from pipeline.handoff import Handoff
+    from pipeline.build.builder import BuildRequest
+    from pipeline.release.handoff import Handoff
 
 __all__ = [
     "CiConfig",
@@ -202,7 +206,7 @@ class RollbackResult:
 
 def service_name(model: str) -> str:
     """The service a registered model deploys as by default (what `bentoship build` derives)."""
-    from pipeline.bento import bento_name
+    from pipeline.build.bento import bento_name
 
     return bento_name(model).replace("_", "-").replace(".", "-")
 
@@ -324,7 +328,7 @@ def plan_model_release(
     service: str,
 ) -> tuple[BuildRequest | None, str]:
     """The build a new version asks for, and why; (None, reason) when there is nothing to do."""
-    from pipeline.build import BuildRequest
+    from pipeline.build.builder import BuildRequest
 
     new = f"{model}/{version}"
     if production is None:
@@ -387,8 +391,9 @@ def on_model_registered(
     of the service's API that breaks production's callers is refused (pipeline/handoff.py)
     unless `allow_breaking_api`.
     """
-    from pipeline import build, handoff
-    from pipeline.version import code_version
+    from pipeline.build import builder as build
+    from pipeline.release import handoff
+    from pipeline.identity import code_version
 
     flow: Literal["on-model-registered"] = "on-model-registered"
     if not str(version).isdigit():
@@ -432,7 +437,7 @@ def _ref(reference: str) -> dict[str, str]:
 
 def check_commit(root: Path, sha: str) -> str:
     """The code label of `root` when its HEAD is `sha` and the tree is clean; else ConfigError."""
-    from pipeline.version import code_version
+    from pipeline.identity import code_version
 
     wanted = sha.strip().lower()
     if not _SHA.match(wanted):
@@ -472,8 +477,9 @@ def on_commit(
     Without the flag, or with a skip flag, nothing happens and the reason says why.
     `[api: allow-breaking]` in the message lets the release change the API incompatibly.
     """
-    from pipeline import build, handoff
-    from pipeline.build import BuildRequest
+    from pipeline.build import builder as build
+    from pipeline.release import handoff
+    from pipeline.build.builder import BuildRequest
 
     flow: Literal["on-commit"] = "on-commit"
     decision = parse_commit_flags(message)
@@ -530,7 +536,7 @@ def _check_manifests(
     """
     from mlflow.exceptions import MlflowException
 
-    from pipeline.integrity import DIGEST_TAG
+    from pipeline.models.integrity import DIGEST_TAG
 
     for variant, model in sorted(production.model_versions.items()):
         in_image = labels.get(f"{_LABEL}.model.{variant}.manifest_sha256")
@@ -695,7 +701,7 @@ def rollback(
     `baseline` (REPO@sha256:...) names production's image for that case; with the ledger up it
     must agree with the ledger.
     """
-    from pipeline import handoff
+    from pipeline.release import handoff
 
     target = parse_target(to)
     given = parse_image_reference(baseline, option="--baseline") if baseline else None

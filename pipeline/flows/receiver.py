@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.webhook import (
+from pipeline.flows.webhook import (
     ALIAS_CREATED,
     ALIAS_DELETED,
     DELIVERY_ID_HEADER,

@@ -22,9 +22,9 @@ from typing import Any
 import yaml
 
 from pipeline.errors import ArtifactError, ConfigError, ImageBuildError
-from pipeline.registry import ModelVersion
+from pipeline.models.registry import ModelVersion
 
-SERVICES_DIR = Path(__file__).resolve().parent.parent / "services"
+SERVICES_DIR = Path(__file__).resolve().parents[2] / "services"
 SERVICE_IMPORT = "services.service:Bentoship"
 # Flavors the service loads without mlflow.pyfunc (and therefore without pickle).
 NATIVE_FLAVORS = ("xgboost", "sklearn")

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from pipeline._options import (
+from pipeline.cli.options import (
     check_treatment_options,
     emit,
     model_options,
@@ -40,7 +40,7 @@ def _model(ctx: click.Context, param: click.Parameter, value: str | None) -> dic
 
 def _image(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
     from pipeline.errors import ReleaseError
-    from pipeline.release import parse_image_reference
+    from pipeline.release.documents import parse_image_reference
 
     if value is None:
         return None
@@ -51,7 +51,7 @@ def _image(ctx: click.Context, param: click.Parameter, value: str | None) -> Any
 
 
 def _client() -> Any:
-    from pipeline.registry import client_for
+    from pipeline.models.registry import client_for
     from pipeline.settings import load_settings
 
     settings = load_settings()
@@ -158,8 +158,8 @@ def render(
           --tag ctl-v1.trt-v2.code-1a2b3c4 --out release/
     """
     from pipeline.errors import ConfigError
-    from pipeline.release import DEFAULT_CONFIG_FILE, ReleaseSpec, load_release_config
-    from pipeline.release import render_release as run_render
+    from pipeline.release.documents import DEFAULT_CONFIG_FILE, ReleaseSpec, load_release_config
+    from pipeline.release.documents import render_release as run_render
 
     repository, digest = image
     if baseline is not None and baseline[0] != repository:
@@ -184,7 +184,7 @@ def render(
     config = load_release_config(config_file)
     openapi = None
     if openapi_file is not None:
-        from pipeline.openapi import load_spec
+        from pipeline.release.api_spec import load_spec
 
         openapi = load_spec(openapi_file)
     models = {"control": control, **({"treatment": treatment} if treatment else {})}
@@ -236,7 +236,7 @@ def releases() -> None:
 @output_option
 def list_releases(limit: int, name: str | None, output: str) -> None:
     """List recorded releases, newest first."""
-    from pipeline import ledger
+    from pipeline.release import ledger
 
     client = _client()
     records = ledger.list_releases(client, limit=limit, name=name)
@@ -269,7 +269,7 @@ def list_releases(limit: int, name: str | None, output: str) -> None:
 @output_option
 def show_release(release_id: str, output: str) -> None:
     """Show one release; ID is its run id or any unique prefix of it."""
-    from pipeline import ledger
+    from pipeline.release import ledger
 
     client = _client()
     record = ledger.get_release(client, release_id)
@@ -338,9 +338,9 @@ def release(control: str, treatment: str | None, treatment_weight: int | None, n
     for the production release: a breaking change (`bentoship openapi diff` rules) is
     refused unless --allow-breaking-api. The decision is recorded as `api_change`.
     """
-    from pipeline import handoff
-    from pipeline.build import BuildRequest
-    from pipeline.release import load_release_config
+    from pipeline.release import handoff
+    from pipeline.build.builder import BuildRequest
+    from pipeline.release.documents import load_release_config
 
     config = load_release_config(config_path)
     check_treatment_options(treatment, treatment_weight)

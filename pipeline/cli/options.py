@@ -70,7 +70,7 @@ def fail(message: str) -> None:
 def model_ref(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Click callback: a malformed NAME@ALIAS / NAME/VERSION is a usage error (exit 2)."""
     from pipeline.errors import ConfigError
-    from pipeline.registry import parse_ref
+    from pipeline.models.registry import parse_ref
 
     if value is None:
         return None
