@@ -1,16 +1,317 @@
-"""bentoship.toml: one file, one table per concern (`[release]`, `[ci]`).
+"""Configuration, read once and validated before any side effect: the environment and bentoship.toml.
 
-Each table is validated by its own frozen pydantic model (pipeline/release.py, pipeline/flows.py);
-this module only reads the file, with errors that name it.
+The environment is read here and nowhere else (`load_settings`); everything else receives a
+`Settings` object. Variables:
+
+- `BENTOSHIP_HOME`: project state folder (default `.bentoship` in the working directory):
+  the embedded MLflow store, the BentoML store, prepared wheels.
+- `MLFLOW_TRACKING_URI` / `MLFLOW_REGISTRY_URI`: any MLflow tracking/registry URI; by default a
+  SQLite file in the state folder with artifacts beside it.
+- `BENTOSHIP_REGISTRY`: OCI registry host[:port] images are pushed to (default `127.0.0.1:5000`).
+- `BENTOSHIP_WEBHOOK_SECRET`: the secret of the MLflow registry webhook that `bentoship ci
+  webhook` verifies deliveries with (HMAC-SHA256); the receiver refuses to start without it.
+- `DOCKER_HOST`: read by the Docker SDK itself.
+
+bentoship.toml holds one table per concern, each a frozen pydantic model with `extra="forbid"`
+(Truss's `truss_config.py` keeps a config file's whole schema in one module too):
+
+    [release]   ReleaseConfig   the Kubernetes manifests, the canary analysis, the pipeline
+    [ci]        CiConfig        what the CI flows release and how
+
+Every error names the file, the key and what is allowed (`_problems`, the one formatter).
+(The service's own `bentoship.json` is validated inside the image by `services/config.py`.)
 """
 
 from __future__ import annotations
 
+import os
+import re
 import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = Path("bentoship.toml")
+# The canary analysis groups every release's canary config has (pipeline/release/kayenta.py).
+CANARY_GROUPS = ("errors", "latency", "predictions")
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_CPU = re.compile(r"^(\d+m|\d+(\.\d{1,3})?)$")
+_MEMORY = re.compile(r"^\d+(Ki|Mi|Gi|Ti)?$")
+_ISO_MINUTES = re.compile(r"^PT(?:(\d+)H)?(?:(\d+)M)?$")
+_ACCOUNT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_PIPELINE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}$")
+
+
+# --- the environment ------------------------------------------------------------------------------
+
+DEFAULT_REGISTRY = "127.0.0.1:5000"
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    tracking_uri: str
+    registry_uri: str
+    oci_registry: str
+    webhook_secret: str = field(default="", repr=False)  # never printed with the settings
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.home / "mlartifacts"
+
+    @property
+    def bentoml_home(self) -> Path:
+        return self.home / "bentoml"
+
+    @property
+    def wheel_cache(self) -> Path:
+        return self.home / "wheels"
+
+    @property
+    def webhook_dir(self) -> Path:
+        """The webhook receiver's delivery journal (duplicates, resumable deliveries)."""
+        return self.home / "webhook"
+
+    @property
+    def uses_embedded_store(self) -> bool:
+        return self.tracking_uri.startswith("sqlite:///") and self.tracking_uri.endswith(
+            str(self.home / "mlflow.db")
+        )
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    home = Path(env.get("BENTOSHIP_HOME", ".bentoship")).resolve()
+    tracking_uri = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+    registry_uri = env.get("MLFLOW_REGISTRY_URI") or tracking_uri
+    return Settings(
+        home=home,
+        tracking_uri=tracking_uri,
+        registry_uri=registry_uri,
+        oci_registry=env.get("BENTOSHIP_REGISTRY", DEFAULT_REGISTRY),
+        webhook_secret=env.get("BENTOSHIP_WEBHOOK_SECRET", ""),
+    )
+
+
+# --- bentoship.toml [release] --------------------------------------------------------------------------------
+
+
+def _dns_label(value: str) -> str:
+    if len(value) > 63 or not _DNS_LABEL.match(value):
+        raise ValueError(
+            f"{value!r} is not a Kubernetes DNS-1123 label: use lowercase letters, digits and "
+            "'-', start and end with a letter or digit, at most 63 characters"
+        )
+    return value
+
+
+def _application(value: str) -> str:
+    if not re.match(r"^[a-z][a-z0-9]{0,62}$", value):
+        raise ValueError(
+            f"{value!r} is not a usable Spinnaker application name: use lowercase letters and "
+            "digits only, starting with a letter (Spinnaker splits cluster names on '-')"
+        )
+    return value
+
+
+def _pattern(regex: re.Pattern[str], allowed: str) -> Any:
+    def check(value: str) -> str:
+        if not regex.match(value):
+            raise ValueError(f"{value!r} is not allowed: use {allowed}")
+        return value
+
+    return AfterValidator(check)
+
+
+DnsLabel = Annotated[str, AfterValidator(_dns_label)]
+AccountName = Annotated[str, _pattern(_ACCOUNT, "letters, digits, '.', '_' and '-'")]
+CpuQuantity = Annotated[str, _pattern(_CPU, "a Kubernetes CPU quantity such as '500m' or '2'")]
+MemoryQuantity = Annotated[
+    str, _pattern(_MEMORY, "a Kubernetes memory quantity such as '512Mi' or '2Gi'")
+]
+
+
+def _cpu_millis(quantity: str) -> float:
+    return float(quantity[:-1]) if quantity.endswith("m") else float(quantity) * 1000
+
+
+def _memory_bytes(quantity: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return int(quantity[: -len(suffix)]) * factor
+    return int(quantity)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class Replicas(_Model):
+    min: int = Field(default=2, ge=1, le=1000)
+    max: int = Field(default=6, ge=1, le=1000)
+    min_available: int = Field(default=1, ge=0)
+    target_cpu_percent: int = Field(default=70, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Replicas:
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be at least min ({self.min})")
+        if self.min_available >= self.min:
+            raise ValueError(
+                f"min_available ({self.min_available}) must be lower than min ({self.min}), "
+                "or the PodDisruptionBudget blocks every node drain"
+            )
+        return self
+
+
+class Resources(_Model):
+    cpu_request: CpuQuantity = "500m"
+    cpu_limit: CpuQuantity = "2"
+    memory_request: MemoryQuantity = "1Gi"
+    memory_limit: MemoryQuantity = "2Gi"
+
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> Resources:
+        if _cpu_millis(self.cpu_request) > _cpu_millis(self.cpu_limit):
+            raise ValueError(
+                f"cpu_request ({self.cpu_request}) exceeds cpu_limit ({self.cpu_limit})"
+            )
+        if _memory_bytes(self.memory_request) > _memory_bytes(self.memory_limit):
+            raise ValueError(
+                f"memory_request ({self.memory_request}) exceeds memory_limit ({self.memory_limit})"
+            )
+        return self
+
+
+class ScoreThresholds(_Model):
+    marginal: int = Field(default=75, ge=0, le=100)
+    pass_: int = Field(default=95, ge=0, le=100, alias="pass")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScoreThresholds:
+        if self.marginal >= self.pass_:
+            raise ValueError(
+                f"marginal ({self.marginal}) must be lower than pass ({self.pass_}); both are "
+                "canary scores from 0 to 100"
+            )
+        return self
+
+
+def _lifetime_minutes(value: int | str) -> int:
+    if isinstance(value, int):
+        return value
+    match = _ISO_MINUTES.match(value)
+    if not match or not any(match.groups()):
+        raise ValueError(
+            f"{value!r} is not a lifetime: use minutes (e.g. 30) or an ISO-8601 duration "
+            "in hours and minutes (e.g. 'PT30M', 'PT1H30M')"
+        )
+    return int(match[1] or 0) * 60 + int(match[2] or 0)
+
+
+class Canary(_Model):
+    lifetime: int | str = "PT30M"
+    interval_minutes: int = Field(default=10, ge=1, le=1440)
+    begin_after_minutes: int = Field(default=0, ge=0, le=1440)
+    step_seconds: int = Field(default=60, ge=10, le=600)
+    replicas: int = Field(default=1, ge=1, le=100)
+    thresholds: ScoreThresholds = ScoreThresholds()
+    metrics_account: AccountName = "prometheus"
+    storage_account: AccountName = "kayenta-storage"
+    group_weights: dict[str, int] = Field(
+        default_factory=lambda: {"errors": 50, "latency": 25, "predictions": 25}
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Canary:
+        minutes = _lifetime_minutes(self.lifetime)
+        if not 1 <= minutes <= 24 * 60:
+            raise ValueError(f"lifetime ({self.lifetime!r}) must be between 1 minute and 24 hours")
+        if self.interval_minutes > minutes:
+            raise ValueError(
+                f"interval_minutes ({self.interval_minutes}) is longer than the lifetime "
+                f"({minutes} minutes): the analysis would never run"
+            )
+        if sorted(self.group_weights) != sorted(CANARY_GROUPS):
+            raise ValueError(
+                f"group_weights has groups {sorted(self.group_weights)}; "
+                f"allowed and required: {list(CANARY_GROUPS)}"
+            )
+        if any(w < 0 for w in self.group_weights.values()):
+            raise ValueError(f"group_weights must not be negative: {self.group_weights}")
+        total = sum(self.group_weights.values())
+        if total != 100:
+            raise ValueError(f"group_weights must sum to 100, they sum to {total}")
+        return self
+
+    @property
+    def lifetime_duration(self) -> str:
+        """The lifetime as the ISO-8601 duration Orca reads (`PT1H30M`)."""
+        hours, minutes = divmod(_lifetime_minutes(self.lifetime), 60)
+        return "PT" + (f"{hours}H" if hours else "") + (f"{minutes}M" if minutes else "")
+
+
+class ReleaseConfig(_Model):
+    """The `[release]` table of bentoship.toml; every field has a default."""
+
+    application: Annotated[str, AfterValidator(_application)] = "bentoship"
+    namespace: DnsLabel = "bentoship"
+    account: DnsLabel = "kubernetes"
+    pipeline: Annotated[str, _pattern(_PIPELINE, "letters, digits, ' ', '.', '_', '-'")] | None = (
+        None
+    )
+    termination_grace_seconds: int = Field(default=45, ge=1, le=600)
+    prestop_sleep_seconds: int = Field(default=10, ge=0, le=120)
+    replicas: Replicas = Replicas()
+    resources: Resources = Resources()
+    canary: Canary = Canary()
+
+    @model_validator(mode="after")
+    def _grace_covers_prestop(self) -> ReleaseConfig:
+        if self.termination_grace_seconds <= self.prestop_sleep_seconds:
+            raise ValueError(
+                f"termination_grace_seconds ({self.termination_grace_seconds}) must exceed "
+                f"prestop_sleep_seconds ({self.prestop_sleep_seconds})"
+            )
+        return self
+
+    def pipeline_name(self, service: str) -> str:
+        return self.pipeline or f"{service}-release"
+
+
+# --- bentoship.toml [ci] --------------------------------------------------------------------------
+
+
+class CiConfig(_Model):
+    """The `[ci]` table of bentoship.toml; every field has a default."""
+
+    new_version_as: Literal["treatment", "control"] = "treatment"
+    """A newly registered version is canaried as the treatment beside production's control, or
+    replaces the control (a plain canary of the new model against production)."""
+    treatment_weight: int = Field(default=10, ge=0, le=100)
+    """Percent of traffic for a new treatment."""
+    models: tuple[str, ...] = ()
+    """Registered model names the flows follow; empty follows every model."""
+    alias_events: tuple[str, ...] = ()
+    """Aliases whose creation (webhook `model_version_alias.created`) starts a release, e.g.
+    ["challenger"]. `model_version.created` always does."""
+    ready_timeout_s: float = Field(default=60.0, ge=0, le=3600)
+    """How long to wait for a version still in PENDING_REGISTRATION."""
+    rollback_canary: bool = False
+    """A rollback skips the canary analysis (default) or runs a short one."""
+    rollback_canary_minutes: int = Field(default=10, ge=1, le=1440)
+    """The lifetime of that short canary analysis."""
+
+
+
+# --- reading and validating -----------------------------------------------------------------------
 
 
 def read_table(path: Path, table: str) -> dict[str, Any]:
@@ -25,3 +326,61 @@ def read_table(path: Path, table: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(f"{path}: [{table}] must be a table, got {type(value).__name__}")
     return value
+
+
+_M = Any  # a _Model subclass; pydantic's generics add nothing here
+
+
+def _validate(model: type[_M], data: Mapping[str, Any], table: str, source: str) -> _M:
+    """`model` from `data`, or a ConfigError naming `source`, each key and what is allowed."""
+    try:
+        return model.model_validate(dict(data))
+    except ValidationError as exc:
+        problems = [_problem(model, table, err) for err in exc.errors()]
+        raise ConfigError(
+            f"{source}: invalid {table} configuration:\n  " + "\n  ".join(problems)
+        ) from None
+
+
+def _problem(model: type[BaseModel], table: str, err: Any) -> str:
+    loc = [str(part) for part in err["loc"]]
+    key = ".".join([table, *loc])
+    if err["type"] == "extra_forbidden":
+        for part in loc[:-1]:
+            annotation = model.model_fields[part].annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                model = annotation
+        allowed = sorted(f.alias or name for name, f in model.model_fields.items())
+        return f"{key}: unknown key; allowed keys here: {', '.join(allowed)}"
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return f"{key}: {message}"
+
+
+def parse_release_config(data: Mapping[str, Any], source: str = "[release]") -> ReleaseConfig:
+    """Validate a `[release]` mapping; errors name `source`, the key and what is allowed."""
+    config: ReleaseConfig = _validate(ReleaseConfig, data, "release", source)
+    return config
+
+
+def load_release_config(path: Path | None) -> ReleaseConfig:
+    """Read the `[release]` table of a TOML file; no file (None) means the defaults."""
+    if path is None:
+        return ReleaseConfig()
+    return parse_release_config(read_table(path, "release"), source=str(path))
+
+
+def load_ci_config(path: Path | None) -> CiConfig:
+    """Read the `[ci]` table of a TOML file; no file (None) or no table means the defaults."""
+    if path is None:
+        return CiConfig()
+    config: CiConfig = _validate(CiConfig, read_table(path, "ci"), "ci", str(path))
+    return config
+
+
+def rollback_release_config(config: ReleaseConfig, ci: CiConfig) -> ReleaseConfig:
+    """The release configuration with the short canary of `[ci] rollback_canary_minutes`."""
+    data = config.model_dump(by_alias=True)
+    minutes = ci.rollback_canary_minutes
+    data["canary"]["lifetime"] = minutes
+    data["canary"]["interval_minutes"] = min(data["canary"]["interval_minutes"], minutes)
+    return parse_release_config(data, source="[release] with [ci] rollback_canary_minutes")

@@ -36,7 +36,7 @@ from packaging.version import Version
 
 from pipeline.build import oci
 from pipeline.errors import ImageBuildError, PipelineError, PushError
-from pipeline.settings import Settings, load_settings
+from pipeline.config import Settings, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCK_FILE = REPO_ROOT / "services" / "requirements.lock"

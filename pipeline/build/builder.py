@@ -25,6 +25,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from pipeline import identity
 from pipeline.build import bento
 
 from pipeline.build import image
@@ -39,7 +40,7 @@ from pipeline.build import smoke
 from pipeline.errors import ConfigError, DockerError, PushError
 from pipeline.progress import reporter
 from pipeline.models.requirements import ResolvedRequirements, read_requirements, resolve_requirements
-from pipeline.settings import Settings
+from pipeline.config import Settings
 from pipeline.identity import CodeVersion, code_version, source_url
 
 PROJECT_ROOT = bento.SERVICES_DIR.parent
@@ -178,7 +179,7 @@ def resolve_request(
     name = req.name or bento.bento_name(versions["control"].name).replace("_", "-").replace(".", "-")
     if not _NAME.match(name):
         raise ConfigError(f"cannot use {name!r} as the service name: pass --name")
-    tag = image.image_tag(
+    tag = identity.image_tag(
         versions["control"].version,
         versions["treatment"].version if "treatment" in versions else None,
         code.label,
@@ -259,7 +260,7 @@ def build(
         base = ensure_base_image(client, settings, echo=lambda m: progress(f"  {m}"))
         phases.done("base")
         layers = [
-            image.ModelLayer(
+            identity.ModelLayer(
                 variant=i.variant,
                 registered_name=i.version.name,
                 version=i.version.version,
@@ -268,7 +269,7 @@ def build(
             )
             for i in infos
         ]
-        labels = image.image_labels(
+        labels = identity.image_labels(
             tag=tag,
             name=name,
             revision=resolved.code.revision or resolved.code.label,
@@ -281,7 +282,7 @@ def build(
             base_ref=base.ref,
             config_sha256=p.config_sha256,
         )
-        labels[image.OPENAPI_LABEL] = image.openapi_sha256(p.openapi)
+        labels[identity.OPENAPI_LABEL] = identity.openapi_sha256(p.openapi)
         examples = list(infos[0].example_rows)
 
         existing, digest, where = _existing(client, repository, tag, labels, progress)
@@ -304,7 +305,7 @@ def build(
             docker_ctx = image.write_docker_context(bento_dir, work / "docker", base.ref, extras,
                                                     labels)
             # In the code layer, next to bento.yaml: the spec this image serves at /docs.json.
-            (docker_ctx / "bento" / image.OPENAPI_FILE).write_bytes(image.canonical_json(p.openapi))
+            (docker_ctx / "bento" / identity.OPENAPI_FILE).write_bytes(identity.canonical_json(p.openapi))
             image_id = image.build(client, docker_ctx, progress)
             phases.done("image")
             rows_out: list[dict[str, Any]] = []
@@ -437,7 +438,7 @@ def _existing(
     except docker.errors.ImageNotFound:
         found = None
     if found is not None:
-        differ = image.differences(found.labels or {}, labels)
+        differ = identity.differences(found.labels or {}, labels)
         if not differ:
             echo(f"Image {reference} already exists locally with this configuration: "
                  "not rebuilding")
@@ -452,7 +453,7 @@ def _existing(
         return None, None, None
     if remote is None:
         return None, None, None
-    differ = image.differences(remote.labels, labels)
+    differ = identity.differences(remote.labels, labels)
     if differ:
         echo(f"{reference} exists in the registry but differs in {', '.join(differ)}: rebuilding")
         return None, None, None

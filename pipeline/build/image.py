@@ -37,99 +37,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import ConfigError, ImageBuildError, PushError
+from pipeline.identity import BENTO_DIR, LABEL_PREFIX, OPENAPI_FILE, PORT, UID
 from pipeline.progress import reporter
 
 if TYPE_CHECKING:
-    from pipeline.settings import Settings
+    from pipeline.config import Settings
 
-BENTO_DIR = "/home/bentoship/bento"
 EXTRAS_DIR = "/opt/extras"
-PORT = 3000
-USER = "10001"
-LABEL_PREFIX = "io.bentoship"
 LAYER_GROUPS = ("base", "extras", "models", "code")
-# The service's OpenAPI document, stored in the code layer next to bento.yaml, and the label
-# with the SHA-256 of its canonical JSON (`openapi_sha256`).
-OPENAPI_FILE = "openapi.json"
-OPENAPI_LABEL = f"{LABEL_PREFIX}.openapi_sha256"
-# Labels that say what an image was built from; two images agreeing on them are the same build
-# (`org.opencontainers.image.created` and the like do not count).
-_IDENTITY = ("config_sha256", "base", "requirements_sha256", "code.version")
+USER = str(UID)
 
 Echo = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class ModelLayer:
-    variant: str
-    registered_name: str
-    version: str
-    run_id: str
-    manifest_sha256: str
-
-
-def image_tag(control_version: str, treatment_version: str | None, code_label: str) -> str:
-    tag = f"ctl-v{control_version}"
-    if treatment_version is not None:
-        tag += f".trt-v{treatment_version}"
-    tag += f".code-{code_label}"
-    if len(tag) > 128:
-        raise ImageBuildError(f"image tag {tag!r} is longer than Docker's 128 characters")
-    return tag
-
-
-def image_labels(
-    *,
-    tag: str,
-    name: str,
-    revision: str,
-    code_label: str,
-    source: str,
-    models: Sequence[ModelLayer],
-    weights: Mapping[str, int],
-    allow_pickle: bool,
-    requirements_sha256: str,
-    base_ref: str,
-    config_sha256: str,
-) -> dict[str, str]:
-    labels = {
-        "org.opencontainers.image.revision": revision,
-        "org.opencontainers.image.created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "org.opencontainers.image.source": source,
-        "org.opencontainers.image.version": tag,
-        "org.opencontainers.image.title": name,
-        f"{LABEL_PREFIX}.code.version": code_label,
-        f"{LABEL_PREFIX}.weights": ",".join(f"{k}={v}" for k, v in weights.items()),
-        f"{LABEL_PREFIX}.allow_pickle": str(allow_pickle).lower(),
-        f"{LABEL_PREFIX}.requirements_sha256": requirements_sha256,
-        f"{LABEL_PREFIX}.base": base_ref,
-        f"{LABEL_PREFIX}.config_sha256": config_sha256,
-    }
-    for m in models:
-        prefix = f"{LABEL_PREFIX}.model.{m.variant}"
-        labels[f"{prefix}.name"] = m.registered_name
-        labels[f"{prefix}.version"] = m.version
-        labels[f"{prefix}.run_id"] = m.run_id
-        labels[f"{prefix}.manifest_sha256"] = m.manifest_sha256
-    return labels
-
-
-def canonical_json(document: Mapping[str, Any]) -> bytes:
-    """The one byte form a JSON document is hashed in: sorted keys, no whitespace."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
-
-
-def openapi_sha256(spec: Mapping[str, Any]) -> str:
-    """The value of the `io.bentoship.openapi_sha256` label for `spec`."""
-    return hashlib.sha256(canonical_json(spec)).hexdigest()
-
-
-def differences(found: Mapping[str, str], wanted: Mapping[str, str]) -> list[str]:
-    """The identity labels (config, base, requirements, code, model manifests) that differ."""
-    keys = [f"{LABEL_PREFIX}.{k}" for k in _IDENTITY]
-    keys += sorted(k for k in wanted.keys() | found.keys() if k.endswith(".manifest_sha256")
-                   and k.startswith(f"{LABEL_PREFIX}.model."))
-    return [k for k in keys if found.get(k) != wanted.get(k)]
 
 
 # --- extra dependencies ---------------------------------------------------------------------------

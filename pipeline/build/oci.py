@@ -15,7 +15,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.errors import PushError
+from pipeline.errors import PushError, RegistryUnreachable
 
 MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
@@ -24,10 +24,6 @@ MANIFEST_TYPES = (
     "application/vnd.oci.image.index.v1+json",
 )
 _INDEX_TYPES = MANIFEST_TYPES[2:]
-
-
-class RegistryUnreachable(PushError):
-    """The registry does not answer (connection refused, timeout, bad TLS)."""
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.errors import SmokeTestError
-from pipeline.build.image import PORT
+from pipeline.identity import BENTOML_HOME, PORT, UID
 
 # Where a read-only root filesystem still needs writable scratch space (as in Kubernetes).
 SCRATCH = {
     "/tmp": "rw,size=256m,mode=1777",
-    "/home/bentoship/bentoml": "rw,size=64m,uid=10001,gid=10001,mode=0700",
+    BENTOML_HOME: f"rw,size=64m,uid={UID},gid={UID},mode=0700",
 }
 
 

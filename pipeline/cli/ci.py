@@ -16,13 +16,14 @@ from typing import Any
 import click
 
 from pipeline.cli.options import emit, output_option, quiet_option, say
+from pipeline.errors import LedgerUnavailable
 
 _CONFIG_HELP = ("TOML file with [release] and [ci] tables (docs/ci-flows.md). "
                 "[default: ./bentoship.toml if present]")
 
 
 def _config_path(path: Path | None) -> Path | None:
-    from pipeline.release.documents import DEFAULT_CONFIG_FILE
+    from pipeline.config import DEFAULT_CONFIG_FILE
 
     if path is None and DEFAULT_CONFIG_FILE.is_file():
         return DEFAULT_CONFIG_FILE
@@ -30,8 +31,7 @@ def _config_path(path: Path | None) -> Path | None:
 
 
 def _configs(path: Path | None) -> tuple[Any, Any]:
-    from pipeline.flows.flows import load_ci_config
-    from pipeline.release.documents import load_release_config
+    from pipeline.config import load_ci_config, load_release_config
 
     path = _config_path(path)
     return load_release_config(path), load_ci_config(path)
@@ -107,8 +107,8 @@ def on_model_registered(model: str, version: int, name: str | None, config_path:
     a service deploys NAME/N alone, directly. Does nothing (exit 0, saying why) when the version
     already is production's control or production already runs exactly these versions and code.
     """
+    from pipeline.config import load_settings
     from pipeline.flows import flows
-    from pipeline.settings import load_settings
 
     release_config, ci_config = _configs(config_path)
     with _quiet_stdout():
@@ -143,8 +143,8 @@ def on_commit(message: str, sha: str, name: str | None, config_path: Path | None
       [api: allow-breaking] or the trailer `Api: allow-breaking`: release even if the
                             service's API breaks production's callers
     """
+    from pipeline.config import load_settings
     from pipeline.flows import flows
-    from pipeline.settings import load_settings
 
     release_config, _ = _configs(config_path)
     with _quiet_stdout():
@@ -175,9 +175,9 @@ def webhook(host: str, port: int, config_path: Path | None, outdir: Path | None,
     POST /webhook; GET /healthz and /deliveries/<id> show what happened. Stop with Ctrl-C or
     SIGTERM: a running release finishes, queued ones resume at the next start.
     """
+    from pipeline.config import load_settings
     from pipeline.flows import flows
     from pipeline.flows.receiver import DeliveryJournal, Outcome, Receiver, event_filter
-    from pipeline.settings import load_settings
     from pipeline.flows.webhook import RegistryEvent
 
     settings = load_settings()
@@ -240,8 +240,8 @@ def rollback(to: str | None, name: str | None, baseline: str | None, config_path
     undo a failed rollout), but nothing is recorded: the command then exits 1 after printing
     the result. Without --to it needs the ledger, and says so.
     """
+    from pipeline.config import load_settings
     from pipeline.flows import flows
-    from pipeline.settings import load_settings
 
     release_config, ci_config = _configs(config_path)
     try:
@@ -249,7 +249,7 @@ def rollback(to: str | None, name: str | None, baseline: str | None, config_path
             result = flows.rollback(load_settings(), release_config, ci_config, outdir,
                                     _progress(quiet), to=to, name=name, baseline=baseline,
                                     submit=submit)
-    except flows.LedgerUnavailable as exc:
+    except LedgerUnavailable as exc:
         emit(exc.result.as_dict(), output, _rollback_text(exc.result))
         raise
     emit(result.as_dict(), output, _rollback_text(result))

@@ -101,7 +101,7 @@ def export(image_ref: str | None, control: str | None, treatment: str | None,
                                --treatment demo-classifier@challenger -o next.json
       bentoship openapi diff openapi.json next.json
     """
-    from pipeline.build.image import openapi_sha256
+    from pipeline.identity import openapi_sha256
 
     if (image_ref is None) == (control is None):
         raise click.UsageError("give either IMAGE or --model REF (not both)")
@@ -149,7 +149,7 @@ def _planned_spec(control: str, treatment: str | None, treatment_weight: int | N
     import tempfile
 
     from pipeline.build.builder import BuildRequest, plan, resolve_request
-    from pipeline.settings import load_settings
+    from pipeline.config import load_settings
 
     settings = load_settings()
     request = BuildRequest(control=control, treatment=treatment, name=name,

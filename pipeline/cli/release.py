@@ -21,10 +21,9 @@ from pipeline.cli.options import (
     quiet_option,
     say,
 )
-from pipeline.settings import load_settings
+from pipeline.config import load_settings
 
 _MODEL = re.compile(r"^(?P<name>[^/]+)/(?P<version>\d+)(?:/(?P<run_id>[0-9a-f]+))?$")
-_TAG_VERSIONS = re.compile(r"^ctl-v(?P<ctl>\d+)(?:\.trt-v(?P<trt>\d+))?\.code-(?P<code>.+)$")
 
 
 def _model(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, str] | None:
@@ -51,8 +50,8 @@ def _image(ctx: click.Context, param: click.Parameter, value: str | None) -> Any
 
 
 def _client() -> Any:
+    from pipeline.config import load_settings
     from pipeline.models.registry import client_for
-    from pipeline.settings import load_settings
 
     settings = load_settings()
     if settings.uses_embedded_store:
@@ -157,8 +156,9 @@ def render(
           --control demo-classifier/1 --treatment demo-classifier/2 \\
           --tag ctl-v1.trt-v2.code-1a2b3c4 --out release/
     """
-    from pipeline.errors import ConfigError
-    from pipeline.release.documents import DEFAULT_CONFIG_FILE, ReleaseSpec, load_release_config
+    from pipeline.config import DEFAULT_CONFIG_FILE, load_release_config
+    from pipeline.identity import parse_tag
+    from pipeline.release.documents import ReleaseSpec
     from pipeline.release.documents import render_release as run_render
 
     repository, digest = image
@@ -168,17 +168,10 @@ def render(
             "two images of one repository",
             param_hint="--baseline",
         )
-    tag = _TAG_VERSIONS.match(image_tag)
+    tag = parse_tag(image_tag)
     if tag is not None:
-        wanted = {"control": tag["ctl"], "treatment": tag["trt"]}
-        given = {"control": control["version"], "treatment": treatment and treatment["version"]}
-        if wanted != given:
-            raise ConfigError(
-                f"--tag {image_tag} names control v{tag['ctl']}"
-                + (f" and treatment v{tag['trt']}" if tag["trt"] else " and no treatment")
-                + f", but the options give control v{control['version']}"
-                + (f" and treatment v{treatment['version']}" if treatment else " and no treatment")
-            )
+        tag.check_versions(control["version"], treatment["version"] if treatment else None,
+                           tag_text=image_tag)
     if config_file is None and DEFAULT_CONFIG_FILE.is_file():
         config_file = DEFAULT_CONFIG_FILE
     config = load_release_config(config_file)
@@ -194,7 +187,7 @@ def render(
         digest=digest,
         baseline_digest=baseline[1] if baseline else None,
         model_versions=models,
-        code_version=code_version or (tag["code"] if tag else ""),
+        code_version=code_version or (tag.code if tag else ""),
         image_tag=image_tag,
         kind=kind,  # type: ignore[arg-type]
         skip_canary=skip_canary,
@@ -338,9 +331,9 @@ def release(control: str, treatment: str | None, treatment_weight: int | None, n
     for the production release: a breaking change (`bentoship openapi diff` rules) is
     refused unless --allow-breaking-api. The decision is recorded as `api_change`.
     """
-    from pipeline.release import handoff
     from pipeline.build.builder import BuildRequest
-    from pipeline.release.documents import load_release_config
+    from pipeline.config import load_release_config
+    from pipeline.release import handoff
 
     config = load_release_config(config_path)
     check_treatment_options(treatment, treatment_weight)

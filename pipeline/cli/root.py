@@ -35,7 +35,7 @@ class _Group(click.Group):
             if ctx.find_root().params.get("debug"):
                 raise
             click.secho(f"Error: {exc}", fg="red", err=True)
-            sys.exit(1)
+            sys.exit(exc.exit_code)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -70,7 +70,7 @@ def _register() -> None:
 
 
 def _settings():  # type: ignore[no-untyped-def]
-    from pipeline.settings import load_settings
+    from pipeline.config import load_settings
 
     return load_settings()
 

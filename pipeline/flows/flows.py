@@ -32,24 +32,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from pipeline.release import ledger
-
 from pipeline.build import oci
-
-from pipeline.models import registry
-from pipeline.config import read_table
-from pipeline.errors import ArtifactError, ConfigError, ReleaseError, VersionNotReadyError
-from pipeline.flows.flags import parse_commit_flags
-from pipeline.release.documents import (
-    ReleaseConfig,
-    ReleaseSpec,
-    parse_image_reference,
-    parse_release_config,
-    render_release,
+from pipeline.config import CiConfig, ReleaseConfig, Settings, rollback_release_config
+from pipeline.errors import (
+    ArtifactError,
+    ConfigError,
+    LedgerUnavailable,
+    ReleaseError,
+    VersionNotReadyError,
 )
-from pipeline.settings import Settings
+from pipeline.flows.flags import parse_commit_flags
+from pipeline.identity import LABEL_PREFIX, ImageIdentity, parse_tag
+from pipeline.models import registry
+from pipeline.release import ledger
+from pipeline.release.documents import ReleaseSpec, parse_image_reference, render_release
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -65,8 +61,6 @@ __all__ = [
     "RollbackTarget",
     "choose_previous",
     "ledger_problem",
-    "load_ci_config",
-    "models_from_labels",
     "on_commit",
     "on_model_registered",
     "parse_target",
@@ -76,77 +70,9 @@ __all__ = [
 ]
 
 Echo = Callable[[str], None]
-_LABEL = "io.bentoship"
 _HEX_ID = re.compile(r"^[0-9a-f]{6,32}$")
 _SHA = re.compile(r"^[0-9a-f]{7,40}$")
-_BARE_TAG = re.compile(r"^ctl-v\d+[.a-z0-9-]*$")
 
-
-class LedgerUnavailable(ReleaseError):
-    """The rollback was rendered, but the ledger (MLflow) could not record it.
-
-    `result` holds what was rendered, so the CLI still prints it.
-    """
-
-    def __init__(self, message: str, result: RollbackResult) -> None:
-        super().__init__(message)
-        self.result = result
-
-
-# --- configuration --------------------------------------------------------------------------------
-
-
-class CiConfig(BaseModel):
-    """The `[ci]` table of bentoship.toml; every field has a default."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    new_version_as: Literal["treatment", "control"] = "treatment"
-    """A newly registered version is canaried as the treatment beside production's control, or
-    replaces the control (a plain canary of the new model against production)."""
-    treatment_weight: int = Field(default=10, ge=0, le=100)
-    """Percent of traffic for a new treatment."""
-    models: tuple[str, ...] = ()
-    """Registered model names the flows follow; empty follows every model."""
-    alias_events: tuple[str, ...] = ()
-    """Aliases whose creation (webhook `model_version_alias.created`) starts a release, e.g.
-    ["challenger"]. `model_version.created` always does."""
-    ready_timeout_s: float = Field(default=60.0, ge=0, le=3600)
-    """How long to wait for a version still in PENDING_REGISTRATION."""
-    rollback_canary: bool = False
-    """A rollback skips the canary analysis (default) or runs a short one."""
-    rollback_canary_minutes: int = Field(default=10, ge=1, le=1440)
-    """The lifetime of that short canary analysis."""
-
-
-def load_ci_config(path: Path | None) -> CiConfig:
-    """Read the `[ci]` table of a TOML file; no file (None) or no table means the defaults."""
-    if path is None:
-        return CiConfig()
-    table = read_table(path, "ci")
-    try:
-        return CiConfig.model_validate(table)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            key = ".".join(["ci", *(str(part) for part in err["loc"])])
-            if err["type"] == "extra_forbidden":
-                allowed = ", ".join(sorted(CiConfig.model_fields))
-                problems.append(f"{key}: unknown key; allowed keys here: {allowed}")
-            else:
-                problems.append(f"{key}: {str(err['msg']).removeprefix('Value error, ')}")
-        raise ConfigError(
-            f"{path}: invalid ci configuration:\n  " + "\n  ".join(problems)
-        ) from None
-
-
-def rollback_release_config(config: ReleaseConfig, ci: CiConfig) -> ReleaseConfig:
-    """The release configuration with the short canary of `[ci] rollback_canary_minutes`."""
-    data = config.model_dump(by_alias=True)
-    minutes = ci.rollback_canary_minutes
-    data["canary"]["lifetime"] = minutes
-    data["canary"]["interval_minutes"] = min(data["canary"]["interval_minutes"], minutes)
-    return parse_release_config(data, source="[release] with [ci] rollback_canary_minutes")
 
 
 # --- results --------------------------------------------------------------------------------------
@@ -253,17 +179,6 @@ def one_at_a_time(settings: Settings, echo: Echo) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def models_from_labels(labels: Mapping[str, str]) -> dict[str, dict[str, str]]:
-    """`io.bentoship.model.<variant>.{name,version,run_id}` labels -> {variant: {...}}."""
-    models: dict[str, dict[str, str]] = {}
-    prefix = f"{_LABEL}.model."
-    for key, value in labels.items():
-        if key.startswith(prefix):
-            variant, _, field = key[len(prefix):].partition(".")
-            if field in ("name", "version", "run_id"):
-                models.setdefault(variant, {})[field] = value
-    return models
-
 
 def _same_models(a: Mapping[str, Mapping[str, str]], b: Mapping[str, Mapping[str, str]]) -> bool:
     def key(models: Mapping[str, Mapping[str, str]]) -> dict[str, tuple[str, str]]:
@@ -299,7 +214,7 @@ def _one_service(client: MlflowClient, name: str | None, what: str) -> str:
     return names[0]
 
 
-def _remote_labels(repository: str, digest: str) -> dict[str, str]:
+def _remote_identity(repository: str, digest: str) -> ImageIdentity:
     """The labels of `repository@digest` as the registry serves them; ReleaseError if gone."""
     found = oci.find(repository, digest)
     if found is None:
@@ -307,14 +222,8 @@ def _remote_labels(repository: str, digest: str) -> dict[str, str]:
             f"{repository}@{digest} is not in the registry any more (deleted or garbage-"
             "collected): it cannot be deployed. `bentoship releases list` shows other releases."
         )
-    return found.labels
+    return ImageIdentity.from_labels(found.labels)
 
-
-def _treatment_weight(labels: Mapping[str, str]) -> int | None:
-    weights = dict(
-        part.split("=", 1) for part in labels.get(f"{_LABEL}.weights", "").split(",") if "=" in part
-    )
-    return int(weights["treatment"]) if weights.get("treatment", "").isdigit() else None
 
 
 # --- a new model version --------------------------------------------------------------------------
@@ -392,8 +301,8 @@ def on_model_registered(
     unless `allow_breaking_api`.
     """
     from pipeline.build import builder as build
-    from pipeline.release import handoff
     from pipeline.identity import code_version
+    from pipeline.release import handoff
 
     flow: Literal["on-model-registered"] = "on-model-registered"
     if not str(version).isdigit():
@@ -478,8 +387,8 @@ def on_commit(
     `[api: allow-breaking]` in the message lets the release change the API incompatibly.
     """
     from pipeline.build import builder as build
-    from pipeline.release import handoff
     from pipeline.build.builder import BuildRequest
+    from pipeline.release import handoff
 
     flow: Literal["on-commit"] = "on-commit"
     decision = parse_commit_flags(message)
@@ -507,16 +416,16 @@ def on_commit(
             return FlowResult(flow, "skipped",
                               f"release {production.short_id} already runs code {code}")
         repository, digest = parse_image_reference(production.image, option="production image")
-        labels = _remote_labels(repository, digest)
-        _check_manifests(client, production, labels)
+        identity = _remote_identity(repository, digest)
+        _check_manifests(client, production, identity)
         models = production.model_versions
         treatment = models.get("treatment")
         request = BuildRequest(
             control=f"{models['control']['name']}/{models['control']['version']}",
             treatment=f"{treatment['name']}/{treatment['version']}" if treatment else None,
             name=service,
-            treatment_weight=_treatment_weight(labels) if treatment else None,
-            allow_pickle=labels.get(f"{_LABEL}.allow_pickle") == "true",
+            treatment_weight=identity.treatment_weight if treatment else None,
+            allow_pickle=identity.allow_pickle,
         )
         why = (f"{decision.reason}: code {code} with the models of release "
                f"{production.short_id} ({_describe(models)})")
@@ -527,7 +436,7 @@ def on_commit(
 
 
 def _check_manifests(
-    client: MlflowClient, production: ledger.ReleaseRecord, labels: Mapping[str, str]
+    client: MlflowClient, production: ledger.ReleaseRecord, identity: ImageIdentity
 ) -> None:
     """Each model version's recorded manifest must be the one production's image carries.
 
@@ -539,7 +448,7 @@ def _check_manifests(
     from pipeline.models.integrity import DIGEST_TAG
 
     for variant, model in sorted(production.model_versions.items()):
-        in_image = labels.get(f"{_LABEL}.model.{variant}.manifest_sha256")
+        in_image = identity.manifests.get(variant)
         try:
             tags = client.get_model_version(model["name"], model["version"]).tags or {}
         except MlflowException as exc:
@@ -591,7 +500,7 @@ def parse_target(text: str | None) -> RollbackTarget:
     if "/" in value and ":" in last:
         repository, _, tag = value.rpartition(":")
         return RollbackTarget("tag", value, repository=repository, tag=tag)
-    if _BARE_TAG.match(value):
+    if parse_tag(value) is not None:
         return RollbackTarget("tag", value, tag=value)
     if _HEX_ID.match(value.lower()):
         return RollbackTarget("release", value.lower())
@@ -720,13 +629,13 @@ def rollback(
         client = None if problem else _client(settings)
         repository, digest, record, chosen = _resolve_target(target, settings, client, name)
         echo(f"Rolling back to {repository}@{digest}: {chosen}")
-        labels = _remote_labels(repository, digest)
-        models = models_from_labels(labels)
-        service = labels.get("org.opencontainers.image.title", "")
+        identity = _remote_identity(repository, digest)
+        models = {variant: dict(model) for variant, model in identity.models.items()}
+        service = identity.title
         if "control" not in models or not service:
             raise ReleaseError(
                 f"{repository}@{digest} is not a bentoship image: its labels name no "
-                f"{_LABEL}.model.control.* or org.opencontainers.image.title"
+                f"{LABEL_PREFIX}.model.control.* or org.opencontainers.image.title"
             )
         if name is not None and service != name:
             raise ReleaseError(f"{repository}@{digest} is an image of {service}, not of {name}")
@@ -767,8 +676,8 @@ def rollback(
             digest=digest,
             baseline_digest=current[1] if current else None,
             model_versions=models,
-            code_version=labels.get(f"{_LABEL}.code.version", ""),
-            image_tag=labels.get("org.opencontainers.image.version", ""),
+            code_version=identity.code_version,
+            image_tag=identity.tag,
             kind="rollback",
             skip_canary=not ci.rollback_canary,
             openapi=_recorded_openapi(client, record),

@@ -28,9 +28,9 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import ConfigError, WebhookRejected
 
 __all__ = [
     "DELIVERY_ID_HEADER",
@@ -49,9 +49,6 @@ TIMESTAMP_HEADER = "X-MLflow-Timestamp"
 DELIVERY_ID_HEADER = "X-MLflow-Delivery-Id"
 _SIGNATURE_VERSION = "v1"
 
-Reason = Literal[
-    "missing_header", "malformed_header", "bad_signature", "stale_timestamp", "malformed_body"
-]
 
 # The registry events a deploy can follow; everything else (tags, prompts, new registered
 # models, budget alerts) is acknowledged and ignored.
@@ -64,17 +61,6 @@ _FIELDS = {  # the `data` fields each handled event must carry (mlflow/webhooks/
     ALIAS_DELETED: ("name", "alias"),
 }
 
-
-class WebhookRejected(PipelineError):
-    """A delivery that is not provably from our MLflow, or that we cannot read.
-
-    `reason` is one of `missing_header`, `malformed_header`, `bad_signature`,
-    `stale_timestamp`, `malformed_body`; the message says more.
-    """
-
-    def __init__(self, reason: Reason, message: str) -> None:
-        super().__init__(message)
-        self.reason: Reason = reason
 
 
 @dataclass(frozen=True)

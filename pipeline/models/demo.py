@@ -12,7 +12,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.models.registry import ModelVersion, client_for, ensure_experiment, fluent_uris, resolve
+from pipeline.models.registry import (
+    ModelVersion,
+    client_for,
+    ensure_experiment,
+    fluent_uris,
+    resolve,
+)
 
 DEMO_MODEL = "demo-classifier"
 DEMO_EXPERIMENT = "bentoship-demo"

@@ -26,18 +26,15 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipeline.config import read_table
-from pipeline.errors import ConfigError, ReleaseError
-
-DEFAULT_CONFIG_FILE = Path("bentoship.toml")
-PORT = 3000
-BENTOML_HOME = "/home/bentoship/bentoml"
-RUN_AS_USER = 10001
+from pipeline.config import (
+    ReleaseConfig,
+)
+from pipeline.errors import ReleaseError
+from pipeline.identity import BENTOML_HOME, PORT, TAG_SCHEME, UID, parse_tag
 
 # Contract 5 (docs/contracts.md): the metric families and labels the canary config reads, and
 # the exact series names its queries use. Tests check these against a running service.
@@ -56,7 +53,6 @@ CANARY_METRIC_LABELS = ("variant", "status")
 # Target labels Prometheus must attach when scraping the pods (spinnaker/prometheus-scrape.yaml):
 # the pod labels `app` and `track`, and the pod's namespace as `namespace`.
 SCOPE_LABELS = ("app", "track", "namespace")
-CANARY_GROUPS = ("errors", "latency", "predictions")
 TRACKS = ("baseline", "canary", "production")
 KINDS = ("model", "hotfix", "rollback")
 
@@ -74,231 +70,7 @@ STAGE_DEPLOY = "Deploy production"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _REPOSITORY = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._/-][a-z0-9]+)*)*$")
-_TAG = re.compile(r"^ctl-v\d+(\.trt-v\d+)?\.code-[0-9a-f]{7}(-dirty-[0-9a-f]{6})?$")
 _VARIANT = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-_CPU = re.compile(r"^(\d+m|\d+(\.\d{1,3})?)$")
-_MEMORY = re.compile(r"^\d+(Ki|Mi|Gi|Ti)?$")
-_ISO_MINUTES = re.compile(r"^PT(?:(\d+)H)?(?:(\d+)M)?$")
-_ACCOUNT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_PIPELINE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}$")
-
-
-# --- configuration --------------------------------------------------------------------------------
-
-
-def _dns_label(value: str) -> str:
-    if len(value) > 63 or not _DNS_LABEL.match(value):
-        raise ValueError(
-            f"{value!r} is not a Kubernetes DNS-1123 label: use lowercase letters, digits and "
-            "'-', start and end with a letter or digit, at most 63 characters"
-        )
-    return value
-
-
-def _application(value: str) -> str:
-    if not re.match(r"^[a-z][a-z0-9]{0,62}$", value):
-        raise ValueError(
-            f"{value!r} is not a usable Spinnaker application name: use lowercase letters and "
-            "digits only, starting with a letter (Spinnaker splits cluster names on '-')"
-        )
-    return value
-
-
-def _pattern(regex: re.Pattern[str], allowed: str) -> Any:
-    def check(value: str) -> str:
-        if not regex.match(value):
-            raise ValueError(f"{value!r} is not allowed: use {allowed}")
-        return value
-
-    return AfterValidator(check)
-
-
-DnsLabel = Annotated[str, AfterValidator(_dns_label)]
-AccountName = Annotated[str, _pattern(_ACCOUNT, "letters, digits, '.', '_' and '-'")]
-CpuQuantity = Annotated[str, _pattern(_CPU, "a Kubernetes CPU quantity such as '500m' or '2'")]
-MemoryQuantity = Annotated[
-    str, _pattern(_MEMORY, "a Kubernetes memory quantity such as '512Mi' or '2Gi'")
-]
-
-
-def _cpu_millis(quantity: str) -> float:
-    return float(quantity[:-1]) if quantity.endswith("m") else float(quantity) * 1000
-
-
-def _memory_bytes(quantity: str) -> int:
-    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
-    for suffix, factor in units.items():
-        if quantity.endswith(suffix):
-            return int(quantity[: -len(suffix)]) * factor
-    return int(quantity)
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
-
-
-class Replicas(_Model):
-    min: int = Field(default=2, ge=1, le=1000)
-    max: int = Field(default=6, ge=1, le=1000)
-    min_available: int = Field(default=1, ge=0)
-    target_cpu_percent: int = Field(default=70, ge=1, le=100)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Replicas:
-        if self.max < self.min:
-            raise ValueError(f"max ({self.max}) must be at least min ({self.min})")
-        if self.min_available >= self.min:
-            raise ValueError(
-                f"min_available ({self.min_available}) must be lower than min ({self.min}), "
-                "or the PodDisruptionBudget blocks every node drain"
-            )
-        return self
-
-
-class Resources(_Model):
-    cpu_request: CpuQuantity = "500m"
-    cpu_limit: CpuQuantity = "2"
-    memory_request: MemoryQuantity = "1Gi"
-    memory_limit: MemoryQuantity = "2Gi"
-
-    @model_validator(mode="after")
-    def _requests_within_limits(self) -> Resources:
-        if _cpu_millis(self.cpu_request) > _cpu_millis(self.cpu_limit):
-            raise ValueError(
-                f"cpu_request ({self.cpu_request}) exceeds cpu_limit ({self.cpu_limit})"
-            )
-        if _memory_bytes(self.memory_request) > _memory_bytes(self.memory_limit):
-            raise ValueError(
-                f"memory_request ({self.memory_request}) exceeds memory_limit ({self.memory_limit})"
-            )
-        return self
-
-
-class ScoreThresholds(_Model):
-    marginal: int = Field(default=75, ge=0, le=100)
-    pass_: int = Field(default=95, ge=0, le=100, alias="pass")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> ScoreThresholds:
-        if self.marginal >= self.pass_:
-            raise ValueError(
-                f"marginal ({self.marginal}) must be lower than pass ({self.pass_}); both are "
-                "canary scores from 0 to 100"
-            )
-        return self
-
-
-def _lifetime_minutes(value: int | str) -> int:
-    if isinstance(value, int):
-        return value
-    match = _ISO_MINUTES.match(value)
-    if not match or not any(match.groups()):
-        raise ValueError(
-            f"{value!r} is not a lifetime: use minutes (e.g. 30) or an ISO-8601 duration "
-            "in hours and minutes (e.g. 'PT30M', 'PT1H30M')"
-        )
-    return int(match[1] or 0) * 60 + int(match[2] or 0)
-
-
-class Canary(_Model):
-    lifetime: int | str = "PT30M"
-    interval_minutes: int = Field(default=10, ge=1, le=1440)
-    begin_after_minutes: int = Field(default=0, ge=0, le=1440)
-    step_seconds: int = Field(default=60, ge=10, le=600)
-    replicas: int = Field(default=1, ge=1, le=100)
-    thresholds: ScoreThresholds = ScoreThresholds()
-    metrics_account: AccountName = "prometheus"
-    storage_account: AccountName = "kayenta-storage"
-    group_weights: dict[str, int] = Field(
-        default_factory=lambda: {"errors": 50, "latency": 25, "predictions": 25}
-    )
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Canary:
-        minutes = _lifetime_minutes(self.lifetime)
-        if not 1 <= minutes <= 24 * 60:
-            raise ValueError(f"lifetime ({self.lifetime!r}) must be between 1 minute and 24 hours")
-        if self.interval_minutes > minutes:
-            raise ValueError(
-                f"interval_minutes ({self.interval_minutes}) is longer than the lifetime "
-                f"({minutes} minutes): the analysis would never run"
-            )
-        if sorted(self.group_weights) != sorted(CANARY_GROUPS):
-            raise ValueError(
-                f"group_weights has groups {sorted(self.group_weights)}; "
-                f"allowed and required: {list(CANARY_GROUPS)}"
-            )
-        if any(w < 0 for w in self.group_weights.values()):
-            raise ValueError(f"group_weights must not be negative: {self.group_weights}")
-        total = sum(self.group_weights.values())
-        if total != 100:
-            raise ValueError(f"group_weights must sum to 100, they sum to {total}")
-        return self
-
-    @property
-    def lifetime_duration(self) -> str:
-        """The lifetime as the ISO-8601 duration Orca reads (`PT1H30M`)."""
-        hours, minutes = divmod(_lifetime_minutes(self.lifetime), 60)
-        return "PT" + (f"{hours}H" if hours else "") + (f"{minutes}M" if minutes else "")
-
-
-class ReleaseConfig(_Model):
-    """The `[release]` table of bentoship.toml; every field has a default."""
-
-    application: Annotated[str, AfterValidator(_application)] = "bentoship"
-    namespace: DnsLabel = "bentoship"
-    account: DnsLabel = "kubernetes"
-    pipeline: Annotated[str, _pattern(_PIPELINE, "letters, digits, ' ', '.', '_', '-'")] | None = (
-        None
-    )
-    termination_grace_seconds: int = Field(default=45, ge=1, le=600)
-    prestop_sleep_seconds: int = Field(default=10, ge=0, le=120)
-    replicas: Replicas = Replicas()
-    resources: Resources = Resources()
-    canary: Canary = Canary()
-
-    @model_validator(mode="after")
-    def _grace_covers_prestop(self) -> ReleaseConfig:
-        if self.termination_grace_seconds <= self.prestop_sleep_seconds:
-            raise ValueError(
-                f"termination_grace_seconds ({self.termination_grace_seconds}) must exceed "
-                f"prestop_sleep_seconds ({self.prestop_sleep_seconds})"
-            )
-        return self
-
-    def pipeline_name(self, service: str) -> str:
-        return self.pipeline or f"{service}-release"
-
-
-def parse_release_config(data: Mapping[str, Any], source: str = "[release]") -> ReleaseConfig:
-    """Validate a `[release]` mapping; errors name `source`, the key and what is allowed."""
-    try:
-        return ReleaseConfig.model_validate(dict(data))
-    except ValidationError as exc:
-        problems = [_describe(err) for err in exc.errors()]
-        raise ConfigError(f"{source}: invalid release configuration:\n  " + "\n  ".join(problems))
-
-
-def _describe(err: Any) -> str:
-    loc = [str(part) for part in err["loc"]]
-    key = ".".join(["release", *loc])
-    if err["type"] == "extra_forbidden":
-        model: type[BaseModel] = ReleaseConfig
-        for part in loc[:-1]:
-            annotation = model.model_fields[part].annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-                model = annotation
-        allowed = sorted(f.alias or name for name, f in model.model_fields.items())
-        return f"{key}: unknown key; allowed keys here: {', '.join(allowed)}"
-    message = str(err["msg"]).removeprefix("Value error, ")
-    return f"{key}: {message}"
-
-
-def load_release_config(path: Path | None) -> ReleaseConfig:
-    """Read the `[release]` table of a TOML file; no file (None) means the defaults."""
-    if path is None:
-        return ReleaseConfig()
-    return parse_release_config(read_table(path, "release"), source=str(path))
 
 
 # --- what is released -----------------------------------------------------------------------------
@@ -387,10 +159,10 @@ def validate_spec(spec: ReleaseSpec) -> None:
         raise ReleaseError(
             f"skip_canary: only a rollback skips the canary analysis, this release is a {spec.kind}"
         )
-    if not _TAG.match(spec.image_tag) or len(spec.image_tag) > 63:
+    if parse_tag(spec.image_tag) is None or len(spec.image_tag) > 63:
         raise ReleaseError(
             f"image_tag: {spec.image_tag!r} does not follow the tag scheme "
-            "ctl-v<N>[.trt-v<M>].code-<sha7>[-dirty-<hash6>] (docs/contracts.md, contract 6)"
+            f"{TAG_SCHEME} (docs/contracts.md, contract 6)"
         )
     if not spec.code_version.strip():
         raise ReleaseError("code_version: must not be empty")
@@ -473,8 +245,8 @@ def deployment(spec: ReleaseSpec, config: ReleaseConfig, track: str) -> dict[str
         },
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": RUN_AS_USER,
-            "runAsGroup": RUN_AS_USER,
+            "runAsUser": UID,
+            "runAsGroup": UID,
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
@@ -510,9 +282,9 @@ def deployment(spec: ReleaseSpec, config: ReleaseConfig, track: str) -> dict[str
                 "terminationGracePeriodSeconds": config.termination_grace_seconds,
                 "securityContext": {
                     "runAsNonRoot": True,
-                    "runAsUser": RUN_AS_USER,
-                    "runAsGroup": RUN_AS_USER,
-                    "fsGroup": RUN_AS_USER,
+                    "runAsUser": UID,
+                    "runAsGroup": UID,
+                    "fsGroup": UID,
                     "seccompProfile": {"type": "RuntimeDefault"},
                 },
                 "containers": [container],

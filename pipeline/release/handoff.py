@@ -24,19 +24,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.build import image
-
-from pipeline.release import ledger
-
-from pipeline.models import registry
+from pipeline import identity
 from pipeline.build.builder import BuildRequest, BuildResult, Plan, build
+from pipeline.config import ReleaseConfig, Settings
 from pipeline.errors import ReleaseError
+from pipeline.models import registry
+from pipeline.release import ledger
 from pipeline.release.api_spec import Change, diff_specs
-from pipeline.release.documents import ReleaseConfig, ReleaseSpec, render_release
-from pipeline.settings import Settings
+from pipeline.release.documents import ReleaseSpec, render_release
 
-CONFIG_IN_IMAGE = f"{image.BENTO_DIR}/src/services/bentoship.json"
-OPENAPI_IN_IMAGE = f"{image.BENTO_DIR}/{image.OPENAPI_FILE}"
+CONFIG_IN_IMAGE = f"{identity.BENTO_DIR}/src/services/bentoship.json"
+OPENAPI_IN_IMAGE = f"{identity.BENTO_DIR}/{identity.OPENAPI_FILE}"
 # A diff entry that says only that the release differs (every release has a new image tag).
 _INFORMATIONAL = ("info.version",)
 
@@ -112,11 +110,11 @@ def service_spec(client: Any, image_ref: str) -> dict[str, Any]:
             spec = json.loads(stored)
         except ValueError as exc:
             raise ReleaseError(f"{OPENAPI_IN_IMAGE} in {image_ref} is not JSON: {exc}") from exc
-        label = (found.labels or {}).get(image.OPENAPI_LABEL)
-        if label and image.openapi_sha256(spec) != label:
+        label = (found.labels or {}).get(identity.OPENAPI_LABEL)
+        if label and identity.openapi_sha256(spec) != label:
             raise ReleaseError(
-                f"{OPENAPI_IN_IMAGE} in {image_ref} has SHA-256 {image.openapi_sha256(spec)}, "
-                f"but the image's {image.OPENAPI_LABEL} label says {label}: the file was changed "
+                f"{OPENAPI_IN_IMAGE} in {image_ref} has SHA-256 {identity.openapi_sha256(spec)}, "
+                f"but the image's {identity.OPENAPI_LABEL} label says {label}: the file was changed "
                 "after the build"
             )
         return dict(spec)
@@ -238,7 +236,7 @@ def release(
     def guard(plan: Plan) -> None:
         api = check_api(mlflow_client, plan.resolved.name, plan.openapi,
                         allow_breaking=allow_breaking_api, echo=echo)
-        checked.append((image.canonical_json(plan.openapi), api))
+        checked.append((identity.canonical_json(plan.openapi), api))
 
     result = build(replace(req, push=True), settings, echo, check=guard)
     assert result.digest is not None  # push=True either sets it or raises
@@ -250,7 +248,7 @@ def release(
         baseline = None
     openapi = service_spec(connect(), result.reference)
     planned, api = checked[-1]
-    if image.canonical_json(openapi) != planned:  # the image serves another spec than planned
+    if identity.canonical_json(openapi) != planned:  # the image serves another spec than planned
         api = check_api(mlflow_client, name, openapi, allow_breaking=allow_breaking_api,
                         echo=echo, not_done=f"{result.pinned} was pushed but nothing was "
                         "rendered or recorded.")
@@ -260,7 +258,7 @@ def release(
         digest=result.digest,
         baseline_digest=baseline,
         model_versions=result.models,
-        code_version=result.labels.get("io.bentoship.code.version", ""),
+        code_version=identity.ImageIdentity.from_labels(result.labels).code_version,
         image_tag=result.tag,
         kind=kind,
         openapi=openapi,

@@ -30,13 +30,9 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from pipeline.build import image, oci
 from pipeline.models import demo
-
-from pipeline.build import image
-
 from pipeline.release import ledger
-
-from pipeline.build import oci
 from tests.integration.test_ci_flows import (
     SECRET,
     bentoship_env,

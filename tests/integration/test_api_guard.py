@@ -17,14 +17,11 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from pipeline.release import handoff
-
-from pipeline.release import ledger
 from pipeline.build.builder import BuildRequest
 from pipeline.cli import cli
+from pipeline.config import Settings, parse_release_config
 from pipeline.models.registry import client_for, ensure_experiment, fluent_uris
-from pipeline.release.documents import parse_release_config
-from pipeline.settings import Settings
+from pipeline.release import handoff, ledger
 from tests import servicekit
 from tests.stores import store_settings
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 import urllib.request
+import uuid
 from dataclasses import replace
 
 import pytest
@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from pipeline.build import smoke
 from pipeline.build.builder import BuildRequest, BuildResult, build
 from pipeline.cli import cli
+from pipeline.config import Settings
 from pipeline.errors import PushError, SmokeTestError
-from pipeline.settings import Settings
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

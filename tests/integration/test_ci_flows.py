@@ -28,18 +28,14 @@ from cryptography.fernet import Fernet
 from mlflow import MlflowClient
 from mlflow.webhooks.delivery import _generate_hmac_signature
 
-from pipeline.models import demo
-
-from pipeline.flows import flows
-
-from pipeline.release import ledger
-
 from pipeline.build import oci
 from pipeline.cli import cli
+from pipeline.config import ReleaseConfig, load_settings
 from pipeline.errors import ArtifactError
+from pipeline.flows import flows
+from pipeline.models import demo
 from pipeline.models.integrity import DIGEST_TAG
-from pipeline.release.documents import ReleaseConfig
-from pipeline.settings import load_settings
+from pipeline.release import ledger
 from tests.stores import free_port, running_mlflow_server
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.mlflow_server]

@@ -27,20 +27,23 @@ import docker.errors
 import pytest
 from click.testing import CliRunner
 
-from pipeline.build import bento
-
-from pipeline.models import demo
-
-from pipeline.build import image
-
-from pipeline.build import oci
+from pipeline import identity
+from pipeline.build import bento, image, oci
 from pipeline.build.base import BaseImage, lock_pins
-from pipeline.build.builder import PROJECT_ROOT, BuildRequest, BuildResult, build, plan, resolve_request
+from pipeline.build.builder import (
+    PROJECT_ROOT,
+    BuildRequest,
+    BuildResult,
+    build,
+    plan,
+    resolve_request,
+)
 from pipeline.cli import cli
+from pipeline.config import Settings
 from pipeline.errors import ArtifactError, ConfigError, PushError
+from pipeline.models import demo
 from pipeline.models.integrity import DIGEST_TAG
 from pipeline.models.registry import client_for, ensure_experiment, fluent_uris
-from pipeline.settings import Settings
 from tests.stores import store_settings
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -295,7 +298,7 @@ def test_history_labels_and_files_hold_no_host_paths_or_secrets(
         assert not re.search(r"(?i)(token|passw(or)?d|secret|api[_-]?key)\s*[=:]", text)
     container = docker_client.containers.create(first.image_id)
     try:
-        stream, _ = container.get_archive(image.BENTO_DIR)
+        stream, _ = container.get_archive(identity.BENTO_DIR)
         with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
             for member in archive.getmembers():
                 handle = archive.extractfile(member)

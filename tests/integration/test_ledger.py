@@ -12,10 +12,11 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from pipeline.release import ledger
 from pipeline.cli import cli
+from pipeline.config import ReleaseConfig
 from pipeline.errors import ReleaseError
-from pipeline.release.documents import ReleaseConfig, ReleaseSpec, render_release
+from pipeline.release import ledger
+from pipeline.release.documents import ReleaseSpec, render_release
 from tests.stores import running_mlflow_server
 
 REPO = "127.0.0.1:5000/demo-classifier"

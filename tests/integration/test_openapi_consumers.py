@@ -27,14 +27,12 @@ import openapi_spec_validator
 import pytest
 from click.testing import CliRunner
 
-from pipeline.release import handoff
-
-from pipeline.build import image
-
+from pipeline import identity
 from pipeline.build import smoke
 from pipeline.build.builder import BuildRequest, BuildResult, build
 from pipeline.cli import cli
-from pipeline.settings import Settings
+from pipeline.config import Settings
+from pipeline.release import handoff
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -86,7 +84,7 @@ def test_the_image_serves_stores_and_labels_one_spec(
 ) -> None:
     openapi_spec_validator.validate(served.spec)
     assert json.loads(_get(f"{served.url}/openapi.json")[2]) == served.spec
-    label = docker_client.images.get(served.build.reference).labels[image.OPENAPI_LABEL]
+    label = docker_client.images.get(served.build.reference).labels[identity.OPENAPI_LABEL]
     canonical = json.dumps(served.spec, sort_keys=True, separators=(",", ":")).encode()
     assert hashlib.sha256(canonical).hexdigest() == label
 

@@ -28,14 +28,20 @@ import yaml
 from click.testing import CliRunner
 from mlflow.webhooks.delivery import _generate_hmac_signature
 
-from pipeline.flows import flows
 from pipeline.cli import cli
+from pipeline.config import (
+    CiConfig,
+    ReleaseConfig,
+    load_ci_config,
+    load_settings,
+    rollback_release_config,
+)
 from pipeline.errors import ConfigError
-from pipeline.release.ledger import ReleaseRecord
+from pipeline.flows import flows
 from pipeline.flows.receiver import DeliveryJournal, Outcome, Receiver, event_filter
-from pipeline.release.documents import ReleaseConfig
-from pipeline.settings import load_settings
 from pipeline.flows.webhook import RegistryEvent
+from pipeline.identity import ImageIdentity
+from pipeline.release.ledger import ReleaseRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 REPO = "127.0.0.1:5000/demo-classifier"
@@ -71,7 +77,7 @@ def record(n: int, *, kind: str = "model", control: str = "1", treatment: str | 
 
 
 def test_ci_config_defaults_without_a_file() -> None:
-    config = flows.load_ci_config(None)
+    config = load_ci_config(None)
     assert config.new_version_as == "treatment"
     assert config.treatment_weight == 10
     assert config.rollback_canary is False
@@ -81,7 +87,7 @@ def test_ci_config_reads_the_ci_table(tmp_path: Path) -> None:
     path = tmp_path / "bentoship.toml"
     path.write_text('[release]\nnamespace = "ml"\n\n[ci]\nnew_version_as = "control"\n'
                     'alias_events = ["challenger"]\nrollback_canary = true\n')
-    config = flows.load_ci_config(path)
+    config = load_ci_config(path)
     assert config.new_version_as == "control"
     assert config.alias_events == ("challenger",)
     assert config.rollback_canary
@@ -101,14 +107,14 @@ def test_ci_config_errors_name_the_file_and_the_key(
     path = tmp_path / "bentoship.toml"
     path.write_text(f"[ci]\n{table}\n")
     with pytest.raises(ConfigError) as excinfo:
-        flows.load_ci_config(path)
+        load_ci_config(path)
     assert str(excinfo.value).startswith(f"{path}: invalid ci configuration")
     assert message in str(excinfo.value)
 
 
 def test_short_rollback_canary_shortens_lifetime_and_interval() -> None:
-    config = flows.rollback_release_config(
-        ReleaseConfig(), flows.CiConfig(rollback_canary=True, rollback_canary_minutes=5)
+    config = rollback_release_config(
+        ReleaseConfig(), CiConfig(rollback_canary=True, rollback_canary_minutes=5)
     )
     assert config.canary.lifetime_duration == "PT5M"
     assert config.canary.interval_minutes == 5
@@ -118,7 +124,7 @@ def test_short_rollback_canary_shortens_lifetime_and_interval() -> None:
 
 
 def test_first_release_makes_the_new_version_the_control() -> None:
-    request, why = flows.plan_model_release("demo-classifier", "1", None, flows.CiConfig(),
+    request, why = flows.plan_model_release("demo-classifier", "1", None, CiConfig(),
                                             "demo-classifier")
     assert request is not None
     assert (request.control, request.treatment) == ("demo-classifier/1", None)
@@ -128,7 +134,7 @@ def test_first_release_makes_the_new_version_the_control() -> None:
 def test_new_version_is_the_treatment_beside_productions_control() -> None:
     production = record(1, control="1", treatment="2")
     request, why = flows.plan_model_release("demo-classifier", "3", production,
-                                            flows.CiConfig(treatment_weight=20), "demo-classifier")
+                                            CiConfig(treatment_weight=20), "demo-classifier")
     assert request is not None
     assert (request.control, request.treatment) == ("demo-classifier/1", "demo-classifier/3")
     assert request.treatment_weight == 20
@@ -137,7 +143,7 @@ def test_new_version_is_the_treatment_beside_productions_control() -> None:
 
 def test_new_version_replaces_the_control_by_configuration() -> None:
     request, _ = flows.plan_model_release("demo-classifier", "3", record(1),
-                                          flows.CiConfig(new_version_as="control"),
+                                          CiConfig(new_version_as="control"),
                                           "demo-classifier")
     assert request is not None
     assert (request.control, request.treatment) == ("demo-classifier/3", None)
@@ -145,7 +151,7 @@ def test_new_version_replaces_the_control_by_configuration() -> None:
 
 def test_productions_own_control_is_nothing_to_release() -> None:
     production = record(7)
-    request, why = flows.plan_model_release("demo-classifier", "1", production, flows.CiConfig(),
+    request, why = flows.plan_model_release("demo-classifier", "1", production, CiConfig(),
                                             "demo-classifier")
     assert request is None
     assert why == f"demo-classifier/1 is already production's control (release {production.short_id})"
@@ -154,7 +160,7 @@ def test_productions_own_control_is_nothing_to_release() -> None:
 def test_unfollowed_model_is_skipped_before_mlflow_is_asked(tmp_path: Path) -> None:
     settings = load_settings({"BENTOSHIP_HOME": str(tmp_path / "home")})
     result = flows.on_model_registered("other-model", "1", settings, ReleaseConfig(),
-                                       flows.CiConfig(models=("demo-classifier",)),
+                                       CiConfig(models=("demo-classifier",)),
                                        tmp_path / "out", print)
     assert result.action == "skipped"
     assert result.reason == "other-model is not among the models [ci] follows (demo-classifier)"
@@ -319,11 +325,12 @@ def test_models_and_weights_are_read_from_labels() -> None:
         "io.bentoship.model.treatment.version": "2",
         "io.bentoship.weights": "control=75,treatment=25",
     }
-    assert flows.models_from_labels(labels) == {
+    identity = ImageIdentity.from_labels(labels)
+    assert identity.models == {
         "control": {"name": "demo-classifier", "version": "1", "run_id": "r1"},
         "treatment": {"name": "demo-classifier", "version": "2"},
     }
-    assert flows._treatment_weight(labels) == 25
+    assert identity.treatment_weight == 25
 
 
 def _free_port() -> int:

@@ -14,16 +14,14 @@ import yaml
 from click.testing import CliRunner
 
 from pipeline.cli import cli
+from pipeline.config import ReleaseConfig, load_release_config, parse_release_config
 from pipeline.errors import ConfigError, PipelineError, ReleaseError
 from pipeline.release.documents import (
     CANARY_METRIC_LABELS,
     CANARY_METRIC_NAMES,
     CANARY_SERIES,
     SCOPE_LABELS,
-    ReleaseConfig,
     ReleaseSpec,
-    load_release_config,
-    parse_release_config,
     render_release,
 )
 

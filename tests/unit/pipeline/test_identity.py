@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.build.image import image_tag
-from pipeline.identity import code_version, source_url
+from pipeline.identity import code_version, image_tag, source_url
 
 
 def git(repo: Path, *args: str) -> None:
