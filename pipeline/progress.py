@@ -21,6 +21,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
+# Where progress lines go: `print`-like, one line per call (stderr, a Progress, or nowhere).
+Echo = Callable[[str], None]
+
 Unit = Literal["steps", "files", "bytes"]
 
 

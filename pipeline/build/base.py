@@ -35,6 +35,8 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from packaging.version import Version
 
 from pipeline.build import oci
+from pipeline.models.integrity import file_sha256
+from pipeline.progress import Echo
 from pipeline.errors import ImageBuildError, PipelineError, PushError
 from pipeline.config import Settings, load_settings
 
@@ -76,7 +78,6 @@ _TARGET = "CPython 3.11 / manylinux x86_64"
 _PIP_TARGET = ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp"]
 _PIP_TARGET += ["--abi", "cp311", *(arg for p in _PLATFORMS for arg in ("--platform", p))]
 
-Echo = Callable[[str], None]
 
 
 def _stderr(message: str) -> None:
@@ -157,14 +158,6 @@ def lock_pins() -> dict[str, str]:
 # --- wheels --------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _fits(path: Path) -> tuple[str, Version] | None:
     """(name, version) of a wheel that installs on the image's platform, else None."""
     try:
@@ -180,7 +173,7 @@ def _cached(req: _Requirement, cache: Path) -> Path | None:
         return None
     for path in sorted(cache.glob("*.whl")):
         if _fits(path) == (req.name, req.version) and (
-            not req.hashes or _sha256(path) in req.hashes
+            not req.hashes or file_sha256(path) in req.hashes
         ):
             return path
     return None

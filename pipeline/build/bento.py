@@ -54,6 +54,11 @@ def bento_name(registered_name: str) -> str:
     return name
 
 
+def service_name(registered_name: str) -> str:
+    """The service a registered model deploys as by default: a DNS label, also the image name."""
+    return bento_name(registered_name).replace("_", "-").replace(".", "-")
+
+
 def inspect_model(variant: str, mv: ModelVersion, path: Path, manifest_sha256: str) -> ModelInfo:
     """Read flavor, signature and input example from the MLmodel file; explain what is missing."""
     try:

@@ -169,14 +169,14 @@ def resolve_request(
     if req.treatment is not None:
         refs["treatment"] = registry.parse_ref(req.treatment)
     echo("Resolving model versions")
-    client = registry.client_for(settings.tracking_uri, settings.registry_uri)
+    client = registry.settings_client(settings)
     versions = {variant: registry.resolve(client, ref) for variant, ref in refs.items()}
     for variant, mv in versions.items():
         via = f" (from {mv.requested_as})" if mv.requested_as != str(mv) else ""
         echo(f"  {variant}: {mv}{via}, run {mv.run_id[:8]}")
     code = (code_version(PROJECT_ROOT) if req.services_dir is None
             else _content_version(req.services_dir))
-    name = req.name or bento.bento_name(versions["control"].name).replace("_", "-").replace(".", "-")
+    name = req.name or bento.service_name(versions["control"].name)
     if not _NAME.match(name):
         raise ConfigError(f"cannot use {name!r} as the service name: pass --name")
     tag = identity.image_tag(
@@ -194,7 +194,7 @@ def plan(
     from pipeline.build.base import lock_pins
 
     req = resolved.request
-    client = registry.client_for(settings.tracking_uri, settings.registry_uri)
+    client = registry.settings_client(settings)
     echo("Downloading and verifying artifacts")
     infos = []
     for variant, mv in resolved.versions.items():

@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import ConfigError, ImageBuildError, PushError
+from pipeline.models.integrity import file_sha256
+from pipeline.progress import Echo
 from pipeline.identity import BENTO_DIR, LABEL_PREFIX, OPENAPI_FILE, PORT, UID
 from pipeline.progress import reporter
 
@@ -47,7 +49,6 @@ EXTRAS_DIR = "/opt/extras"
 LAYER_GROUPS = ("base", "extras", "models", "code")
 USER = str(UID)
 
-Echo = Callable[[str], None]
 
 
 # --- extra dependencies ---------------------------------------------------------------------------
@@ -65,7 +66,7 @@ class Extras:
         return hashlib.sha256("\n".join(self.requirements).encode()).hexdigest()
 
     def requirements_txt(self) -> str:
-        hashes = {_wheel_name(w): _sha256(w) for w in self.wheels}
+        hashes = {_wheel_name(w): file_sha256(w) for w in self.wheels}
         lines = [f"# extras closure sha256: {self.sha256}"]
         for req in self.requirements:
             lines.append(f"{req} --hash=sha256:{hashes[req.split('==')[0]]}")
@@ -148,10 +149,6 @@ def _wheel_name(wheel: Path) -> str:
     from packaging.utils import canonicalize_name, parse_wheel_filename
 
     return str(canonicalize_name(parse_wheel_filename(wheel.name)[0]))
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # --- the Dockerfile and its context ---------------------------------------------------------------

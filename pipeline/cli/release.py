@@ -51,12 +51,9 @@ def _image(ctx: click.Context, param: click.Parameter, value: str | None) -> Any
 
 def _client() -> Any:
     from pipeline.config import load_settings
-    from pipeline.models.registry import client_for
+    from pipeline.models.registry import settings_client
 
-    settings = load_settings()
-    if settings.uses_embedded_store:
-        settings.home.mkdir(parents=True, exist_ok=True)
-    return client_for(settings.tracking_uri, settings.registry_uri)
+    return settings_client(load_settings())
 
 
 @click.command("render")

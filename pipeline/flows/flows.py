@@ -26,13 +26,13 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pipeline.build import oci
+from pipeline.build import bento, oci
 from pipeline.config import CiConfig, ReleaseConfig, Settings, rollback_release_config
 from pipeline.errors import (
     ArtifactError,
@@ -44,6 +44,7 @@ from pipeline.errors import (
 from pipeline.flows.flags import parse_commit_flags
 from pipeline.identity import LABEL_PREFIX, ImageIdentity, parse_tag
 from pipeline.models import registry
+from pipeline.progress import Echo
 from pipeline.release import ledger
 from pipeline.release.documents import ReleaseSpec, parse_image_reference, render_release
 
@@ -66,10 +67,8 @@ __all__ = [
     "parse_target",
     "plan_model_release",
     "rollback",
-    "service_name",
 ]
 
-Echo = Callable[[str], None]
 _HEX_ID = re.compile(r"^[0-9a-f]{6,32}$")
 _SHA = re.compile(r"^[0-9a-f]{7,40}$")
 
@@ -128,19 +127,6 @@ class RollbackResult:
 
 
 # --- shared helpers -------------------------------------------------------------------------------
-
-
-def service_name(model: str) -> str:
-    """The service a registered model deploys as by default (what `bentoship build` derives)."""
-    from pipeline.build.bento import bento_name
-
-    return bento_name(model).replace("_", "-").replace(".", "-")
-
-
-def _client(settings: Settings) -> MlflowClient:
-    if settings.uses_embedded_store:
-        settings.home.mkdir(parents=True, exist_ok=True)
-    return registry.client_for(settings.tracking_uri, settings.registry_uri)
 
 
 def ledger_problem(settings: Settings, timeout_s: float = 3.0) -> str | None:
@@ -312,9 +298,9 @@ def on_model_registered(
                           f"{model} is not among the models [ci] follows ({', '.join(ci.models)})")
     handoff._check_submit(submit)
     with one_at_a_time(settings, echo):
-        client = _client(settings)
+        client = registry.settings_client(settings)
         mv = _wait_until_ready(client, model, str(version), ci, echo)
-        service = name or service_name(mv.name)
+        service = name or bento.service_name(mv.name)
         production = ledger.latest_successful(client, name=service)
         request, why = plan_model_release(mv.name, mv.version, production, ci, service)
         if request is None:
@@ -404,7 +390,7 @@ def on_commit(
     code = check_commit(root or build.PROJECT_ROOT, sha)
     handoff._check_submit(submit)
     with one_at_a_time(settings, echo):
-        client = _client(settings)
+        client = registry.settings_client(settings)
         service = _one_service(client, name, "hotfix")
         production = ledger.latest_successful(client, name=service)
         if production is None:
@@ -626,7 +612,7 @@ def rollback(
             "and in `bentoship releases list --output json`), or `--to REPOSITORY:TAG`."
         )
     with one_at_a_time(settings, echo):
-        client = None if problem else _client(settings)
+        client = None if problem else registry.settings_client(settings)
         repository, digest, record, chosen = _resolve_target(target, settings, client, name)
         echo(f"Rolling back to {repository}@{digest}: {chosen}")
         identity = _remote_identity(repository, digest)

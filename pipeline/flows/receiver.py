@@ -44,11 +44,11 @@ from pipeline.flows.webhook import (
     parse_event,
     verify_signature,
 )
+from pipeline.progress import Echo
 
 __all__ = ["DeliveryJournal", "Outcome", "Receiver", "event_filter"]
 
 MAX_BODY = 1 << 20
-Echo = Callable[[str], None]
 
 
 @dataclass(frozen=True)

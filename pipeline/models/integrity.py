@@ -26,15 +26,20 @@ IGNORED = frozenset({"registered_model_meta"})
 DIGEST_TAG = "bentoship.manifest_sha256"
 
 
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def manifest(model_dir: Path) -> dict[str, str]:
     """Relative path -> sha256 of every file under `model_dir`."""
     result: dict[str, str] = {}
     for path in sorted(p for p in model_dir.rglob("*") if p.is_file() and p.name not in IGNORED):
-        h = hashlib.sha256()
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        result[path.relative_to(model_dir).as_posix()] = h.hexdigest()
+        result[path.relative_to(model_dir).as_posix()] = file_sha256(path)
     return result
 
 

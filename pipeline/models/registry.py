@@ -20,6 +20,8 @@ from pipeline.errors import ArtifactError, ConfigError, ModelNotFoundError, Vers
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+    from pipeline.config import Settings
+
 _URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 _REF = re.compile(
     r"^(?:models:/)?(?P<name>[^@/]+?)(?:@(?P<alias>[A-Za-z0-9_\-]+)|/(?P<version>[^/@]+))$"
@@ -75,6 +77,13 @@ def client_for(tracking_uri: str, registry_uri: str | None = None) -> MlflowClie
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
+
+
+def settings_client(settings: Settings) -> MlflowClient:
+    """The MLflow client of `settings` (the embedded store's folder made first)."""
+    if settings.uses_embedded_store:
+        settings.home.mkdir(parents=True, exist_ok=True)
+    return client_for(settings.tracking_uri, settings.registry_uri)
 
 
 def resolve(client: MlflowClient, ref: ModelRef | str) -> ModelVersion:

@@ -203,10 +203,6 @@ def check_api(
     return ApiCheck("breaking-allowed", production, changes)
 
 
-def _ledger_client(settings: Settings) -> Any:
-    return registry.client_for(settings.tracking_uri, settings.registry_uri)
-
-
 def _artifact_root(settings: Settings) -> Path | None:
     return settings.artifact_root if settings.uses_embedded_store else None
 
@@ -230,7 +226,7 @@ def release(
     from pipeline.build.engine import connect
 
     _check_submit(submit)
-    mlflow_client = _ledger_client(settings)
+    mlflow_client = registry.settings_client(settings)
     checked: list[tuple[bytes, ApiCheck]] = []
 
     def guard(plan: Plan) -> None:
@@ -281,7 +277,7 @@ def _finish(
     files = render_release(spec, config, outdir)
     submitted, note = _submit(files, submit)
     record = ledger.record_release(
-        _ledger_client(settings), spec, files, artifact_root=_artifact_root(settings),
+        registry.settings_client(settings), spec, files, artifact_root=_artifact_root(settings),
         api_change=api.decision if api else None,
         api_diff=api.as_dict() if api and api.changes else None,
     )
