@@ -6,7 +6,7 @@
 #   OCI registry     Debian's docker-registry on 127.0.0.1:5000 unless /v2/ answers
 #   .venv            python3.11 venv with `pip install -e '.[dev]'` (again when pyproject changes)
 #   root image       bentoship/python-root:3.11-bookworm: pulled, else made with debootstrap
-#   base image       `python -m pipeline.base` (builds and pushes it, prints its reference)
+#   base image       `.venv/bin/bentoship base` (builds and pushes it, prints its reference)
 #
 # State lives in $BENTOSHIP_HOME (default: .bentoship in the repo root); logs are kept there.
 set -euo pipefail
@@ -157,7 +157,7 @@ else
 fi
 
 # --- base image -----------------------------------------------------------------------------------
-say "base image: python -m pipeline.base"
-base_ref="$(.venv/bin/python -m pipeline.base)"
+say "base image: bentoship base"
+base_ref="$(.venv/bin/bentoship base)"
 say "base image: $base_ref"
 say "done in $((SECONDS - STARTED_AT)) s"

@@ -79,6 +79,12 @@ class Settings:
         return self.home / "webhook"
 
     @property
+    def embedded_artifact_root(self) -> Path | None:
+        """Where new MLflow runs put artifacts: the state folder with the embedded store, else
+        None (the tracking server decides)."""
+        return self.artifact_root if self.uses_embedded_store else None
+
+    @property
     def uses_embedded_store(self) -> bool:
         return self.tracking_uri.startswith("sqlite:///") and self.tracking_uri.endswith(
             str(self.home / "mlflow.db")

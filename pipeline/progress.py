@@ -130,3 +130,7 @@ class _Silent(Progress):
 def reporter(echo: Callable[[str], None]) -> Progress:
     """`echo` itself when it is a `Progress`, else a plain `Progress` printing through it."""
     return echo if isinstance(echo, Progress) else Progress(echo, rich=False)
+
+
+# Plain lines on stderr, without bars: the default `echo` of functions called outside the CLI.
+to_stderr: Echo = Progress(rich=False)

@@ -5,7 +5,8 @@ load without BentoML):
 
 - ``services.config``: ``ServiceConfig`` / ``load_config`` (contract 2, ``bentoship.json``)
 - ``services.errors``: ``ServiceError`` and its tree (stable codes and HTTP statuses)
-- ``services.schema``: request validation and JSON Schemas of rows, responses, errors
+- ``services.schema``: request parsing and validation
+- ``services.json_schema``: JSON Schemas of rows, responses, errors; example rows
 - ``services.routing``: sticky A/B assignment
 - ``services.hooks``: built-in pre/post-processing, custom hook loading
 - ``services.loading``: ``load_model`` -> ``LoadedModel.predict_scores``

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.config import ServiceConfig
-from services.schema import (
+from services.json_schema import (
     ERROR_CODES,
     error_schema,
     request_schema,

@@ -22,16 +22,10 @@ import numpy as np
 from services.config import ServiceConfig
 from services.errors import InvalidInputError, ModelError, Problem, ServiceError, describe, problem
 from services.hooks import Postprocess, Preprocess, resolve_hook, run_postprocess, run_preprocess
+from services.json_schema import example_row
 from services.loading import LoadedModel
 from services.routing import Router, assign
-from services.schema import (
-    MAX_PROBLEMS,
-    RowSchema,
-    compile_schema,
-    example_row,
-    parse_body,
-    validate,
-)
+from services.schema import MAX_PROBLEMS, RowSchema, compile_schema, parse_body, validate
 
 
 @dataclass(frozen=True)

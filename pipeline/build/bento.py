@@ -14,7 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +23,12 @@ import yaml
 
 from pipeline.errors import ArtifactError, ConfigError, ImageBuildError
 from pipeline.models.registry import ModelVersion
+from pipeline.progress import Echo
 
 SERVICES_DIR = Path(__file__).resolve().parents[2] / "services"
 SERVICE_IMPORT = "services.service:Bentoship"
+# What of the service template never goes into a Bento (nor into a copy's code version).
+TEMPLATE_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "bentoship.json", "requirements.*")
 # Flavors the service loads without mlflow.pyfunc (and therefore without pickle).
 NATIVE_FLAVORS = ("xgboost", "sklearn")
 
@@ -132,17 +135,16 @@ def check_compatible(models: Sequence[ModelInfo]) -> None:
         )
 
 
-def write_context(config: dict[str, Any], dest: Path) -> Path:
-    """Copy the service template into `dest` with its configuration next to it."""
+def write_context(config: dict[str, Any], dest: Path, services_dir: Path | None = None) -> Path:
+    """Copy the service template into `dest` with its configuration next to it.
+
+    The template is the checkout's `services/`, or `services_dir` when given (a copy of it).
+    """
     from services.config import ServiceConfig
 
     validated = ServiceConfig.model_validate(config)
     target = dest / "services"
-    shutil.copytree(
-        SERVICES_DIR,
-        target,
-        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "bentoship.json", "requirements.*"),
-    )
+    shutil.copytree(services_dir or SERVICES_DIR, target, ignore=TEMPLATE_IGNORE)
     (target / "bentoship.json").write_text(validated.model_dump_json(indent=2))
     return dest
 
@@ -197,7 +199,7 @@ def make_bento(
     version: str,
     labels: dict[str, str],
     bentoml_home: Path,
-    echo: Callable[[str], None] = lambda _: None,
+    echo: Echo = lambda _: None,
 ) -> Path:
     """Import the models into the BentoML store, build the Bento and export it with its models.
 

@@ -1,8 +1,8 @@
 """`bentoship build`: registry versions -> Bento -> smoke-tested image (-> pushed by digest).
 
-Everything that can be checked is checked before the first side effect: references parse,
-the Docker engine answers, versions resolve (aliases once), artifacts download and match their
-manifests, signatures agree, requirements do not conflict. Only then are models imported, the
+Everything that can be checked is checked before the first side effect (`plan.py`): references
+parse, the Docker engine answers, versions resolve (aliases once), artifacts download and match
+their manifests, signatures agree, requirements do not conflict. Only then are models imported, the
 Bento built, the image built, smoke-tested, tagged and pushed. A failing step leaves no tag
 behind: the image is tagged only after the smoke test passed. With --push, a registry that does
 not answer fails the build before anything is built.
@@ -13,56 +13,20 @@ registry (pulled by digest then), and say so instead of rebuilding.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from pipeline import identity
-from pipeline.build import bento
-
-from pipeline.build import image
-
-from pipeline.models import integrity
-
-from pipeline.build import oci
-
-from pipeline.models import registry
-
-from pipeline.build import smoke
-from pipeline.errors import ConfigError, DockerError, PushError
-from pipeline.progress import reporter
-from pipeline.models.requirements import ResolvedRequirements, read_requirements, resolve_requirements
+from pipeline.build import bento, extras, image, oci, smoke, transfer
+from pipeline.build.plan import PROJECT_ROOT, BuildRequest, Plan, plan, resolve_request
 from pipeline.config import Settings
-from pipeline.identity import CodeVersion, code_version, source_url
-
-PROJECT_ROOT = bento.SERVICES_DIR.parent
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-
-
-@dataclass(frozen=True)
-class BuildRequest:
-    control: str
-    treatment: str | None = None
-    name: str | None = None
-    treatment_weight: int | None = None  # percent of traffic; default 10 with a treatment
-    push: bool = False
-    smoke_test: bool = True
-    allow_pickle: bool = False
-    max_rows: int = 1000
-    threshold: float = 0.5
-    salt: str | None = None
-    ready_timeout_s: float = 120.0
-    # Build from this copy of the service template instead of the checkout's services/ (tests,
-    # benchmarks); its code version is then a hash of its content, `src-<hash7>`.
-    services_dir: Path | None = None
+from pipeline.errors import DockerError, PushError, map_exceptions
+from pipeline.identity import source_url
+from pipeline.progress import Echo, reporter
 
 
 @dataclass
@@ -111,119 +75,10 @@ class BuildResult:
         }
 
 
-def _validate_request(req: BuildRequest) -> tuple[int, int]:
-    if req.treatment is None and req.treatment_weight is not None:
-        raise ConfigError("--treatment-weight needs --treatment: a single model gets all traffic")
-    weight = 10 if req.treatment_weight is None else req.treatment_weight
-    if req.treatment is not None and not 0 <= weight <= 100:
-        raise ConfigError(f"--treatment-weight must be between 0 and 100, got {weight}")
-    if req.name is not None and not _NAME.match(req.name):
-        raise ConfigError(
-            f"--name {req.name!r} must be lower-case letters, digits and '-', at most 63 "
-            "characters (it becomes the image repository and the Kubernetes name)"
-        )
-    if not 1 <= req.max_rows <= 100_000:
-        raise ConfigError(f"--max-rows must be between 1 and 100000, got {req.max_rows}")
-    return (100, 0) if req.treatment is None else (100 - weight, weight)
-
-
-@dataclass(frozen=True)
-class Resolved:
-    """The request with every model reference resolved to an exact version (no side effects)."""
-
-    request: BuildRequest
-    weights: tuple[int, int]
-    versions: dict[str, registry.ModelVersion]
-    code: CodeVersion
-    name: str
-    tag: str
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Everything checked and derived; what follows are the side effects."""
-
-    resolved: Resolved
-    infos: list[bento.ModelInfo]
-    requirements: ResolvedRequirements
-    config: dict[str, Any]
-    config_sha256: str
-
-    @property
-    def models(self) -> dict[str, dict[str, str]]:
-        return {i.variant: {"name": i.version.name, "version": i.version.version,
-                            "run_id": i.version.run_id} for i in self.infos}
-
-    @cached_property
-    def openapi(self) -> dict[str, Any]:
-        """The OpenAPI document the service will serve (`services/openapi.py` on the config)."""
-        return _service_openapi(self.config, self.resolved.request.services_dir)
-
-
-def resolve_request(
-    req: BuildRequest, settings: Settings, echo: Callable[[str], None]
-) -> Resolved:
-    """Validate options and resolve aliases to exact READY versions, once."""
-    weights = _validate_request(req)
-    refs = {"control": registry.parse_ref(req.control)}
-    if req.treatment is not None:
-        refs["treatment"] = registry.parse_ref(req.treatment)
-    echo("Resolving model versions")
-    client = registry.settings_client(settings)
-    versions = {variant: registry.resolve(client, ref) for variant, ref in refs.items()}
-    for variant, mv in versions.items():
-        via = f" (from {mv.requested_as})" if mv.requested_as != str(mv) else ""
-        echo(f"  {variant}: {mv}{via}, run {mv.run_id[:8]}")
-    code = (code_version(PROJECT_ROOT) if req.services_dir is None
-            else _content_version(req.services_dir))
-    name = req.name or bento.service_name(versions["control"].name)
-    if not _NAME.match(name):
-        raise ConfigError(f"cannot use {name!r} as the service name: pass --name")
-    tag = identity.image_tag(
-        versions["control"].version,
-        versions["treatment"].version if "treatment" in versions else None,
-        code.label,
-    )
-    return Resolved(req, weights, versions, code, name, tag)
-
-
-def plan(
-    resolved: Resolved, settings: Settings, work: Path, echo: Callable[[str], None]
-) -> Plan:
-    """Download and verify the artifacts into `work`, check signatures and requirements."""
-    from pipeline.build.base import lock_pins
-
-    req = resolved.request
-    client = registry.settings_client(settings)
-    echo("Downloading and verifying artifacts")
-    infos = []
-    for variant, mv in resolved.versions.items():
-        path = registry.download(client, mv, work / "mlflow" / variant)
-        manifest = integrity.verify_or_record(client, mv, path)
-        infos.append(bento.inspect_model(variant, mv, path, manifest))
-    bento.check_compatible(infos)
-    needs_pyfunc = any(i.flavor not in bento.NATIVE_FLAVORS for i in infos)
-    if needs_pyfunc and not req.allow_pickle:
-        which = ", ".join(str(i.version) for i in infos if i.flavor not in bento.NATIVE_FLAVORS)
-        raise ConfigError(
-            f"{which} can only be loaded through mlflow.pyfunc, which unpickles code. "
-            "Pickle loading is refused by default; pass --allow-pickle if you trust it."
-        )
-    requirements = resolve_requirements(
-        [read_requirements(str(i.version), i.path) for i in infos],
-        lock_pins(),
-        needs_pyfunc=needs_pyfunc,
-    )
-    config = _service_config(req, resolved.name, resolved.tag, resolved.code.label, infos,
-                             resolved.weights)
-    config_sha = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
-    return Plan(resolved, infos, requirements, config, config_sha)
-
-
 def build(
     req: BuildRequest,
     settings: Settings,
-    echo: Callable[[str], None],
+    echo: Echo,
     *,
     check: Callable[[Plan], None] | None = None,
 ) -> BuildResult:
@@ -244,7 +99,7 @@ def build(
     name, tag = resolved.name, resolved.tag
     repository = f"{settings.oci_registry}/{name}"
     if req.push and not oci.answers(settings.oci_registry):
-        raise PushError(image.push_message(
+        raise PushError(transfer.push_message(
             repository, f"the registry {settings.oci_registry} does not answer (connection "
             "refused or timed out), so nothing was built"))
     phases.done("resolve")
@@ -292,17 +147,17 @@ def build(
                                  int(existing.attrs.get("Size", 0)), p.models, reused=True,
                                  digest=digest, example_rows_in=examples, reused_from=where)
         else:
-            extras = None
+            prepared = None
             if p.requirements.extras:
-                extras = image.prepare_extras(p.requirements.extras, lock_pins(),
-                                              work / "extras", settings, progress)
+                prepared = extras.prepare_extras(p.requirements.extras, lock_pins(),
+                                                 work / "extras", settings, progress)
                 phases.done("wheels")
             progress("Building the Bento")
-            context = _write_context(p.config, work / "bento-context", req.services_dir)
+            context = bento.write_context(p.config, work / "bento-context", req.services_dir)
             bento_dir = bento.make_bento(infos, context, name, tag, {"bentoship.tag": tag},
                                          settings.bentoml_home, echo=lambda m: progress(f"  {m}"))
             phases.done("bento")
-            docker_ctx = image.write_docker_context(bento_dir, work / "docker", base.ref, extras,
+            docker_ctx = image.write_docker_context(bento_dir, work / "docker", base.ref, prepared,
                                                     labels)
             # In the code layer, next to bento.yaml: the spec this image serves at /docs.json.
             (docker_ctx / "bento" / identity.OPENAPI_FILE).write_bytes(identity.canonical_json(p.openapi))
@@ -323,14 +178,14 @@ def build(
 
     result.layer_sizes = image.group_sizes(image.layers(client, result.image_id))
     if req.push and where != "registry":
-        result.digest = image.push(client, repository, tag, progress)
+        result.digest = transfer.push(client, repository, tag, progress)
         phases.done("push")
     result.seconds = time.monotonic() - started
     result.phases = phases.seconds
     return result
 
 
-def serve(req: BuildRequest, settings: Settings, port: int, echo: Callable[[str], None]) -> int:
+def serve(req: BuildRequest, settings: Settings, port: int, echo: Echo) -> int:
     """Run the same service locally without Docker (`bentoml serve` of the built Bento)."""
     import os
     import subprocess
@@ -354,76 +209,8 @@ def serve(req: BuildRequest, settings: Settings, port: int, echo: Callable[[str]
     )
 
 
-_SPEC_SCRIPT = """
-import json, sys
-from services.config import ServiceConfig
-from services.openapi import build_spec
-print(json.dumps(build_spec(ServiceConfig.model_validate_json(sys.stdin.read()))))
-"""
-
-
-def _service_openapi(config: dict[str, Any], services_dir: Path | None) -> dict[str, Any]:
-    """`services.openapi.build_spec` of the service template the image is built from."""
-    import os
-    import subprocess
-    import sys
-
-    from services.config import ServiceConfig
-    from services.openapi import build_spec
-
-    validated = ServiceConfig.model_validate(config)
-    if services_dir is None:
-        return build_spec(validated)
-    # Another copy of the template: its own openapi.py decides, imported as `services`.
-    with tempfile.TemporaryDirectory(prefix="bentoship-spec-") as tmp:
-        (Path(tmp) / "services").symlink_to(services_dir.resolve(), target_is_directory=True)
-        proc = subprocess.run(
-            [sys.executable, "-c", _SPEC_SCRIPT], input=validated.model_dump_json(), cwd=tmp,
-            env={**os.environ, "PYTHONPATH": tmp}, capture_output=True, text=True, check=False,
-        )
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-10:])
-        raise ConfigError(f"{services_dir}/openapi.py cannot build the service's spec (exit "
-                          f"{proc.returncode}):\n{tail}")
-    return dict(json.loads(proc.stdout))
-
-
-def _service_config(
-    req: BuildRequest, name: str, tag: str, code_label: str,
-    infos: list[bento.ModelInfo], weights: tuple[int, int],
-) -> dict[str, Any]:
-    first = infos[0].example_rows[0] if infos[0].example_rows else {}
-    return {
-        "name": name,
-        "code_version": code_label,
-        "image_tag": tag,
-        "features": [{**f, "example": first.get(f["name"])} for f in infos[0].features],
-        "variants": [
-            {
-                "name": info.variant,
-                "model_tag": info.bento_tag,
-                "registered_name": info.version.name,
-                "version": info.version.version,
-                "run_id": info.version.run_id,
-                "flavor": info.flavor,
-                "weight": weight,
-            }
-            for info, weight in zip(infos, weights)
-        ],
-        "routing": {
-            "salt": req.salt or name,
-            "key_field": "request_id",
-            "key_header": "x-bentoship-key",
-            "override_header": "x-bentoship-variant",
-        },
-        "max_rows": req.max_rows,
-        "allow_pickle": req.allow_pickle,
-        "threshold": req.threshold,
-    }
-
-
 def _existing(
-    client: Any, repository: str, tag: str, labels: dict[str, str], echo: Callable[[str], None]
+    client: Any, repository: str, tag: str, labels: dict[str, str], echo: Echo
 ) -> tuple[Any | None, str | None, str | None]:
     """An image of this same build, here or in the registry: (image, digest, "local"|"registry").
 
@@ -459,7 +246,7 @@ def _existing(
         return None, None, None
     echo(f"Image {reference} already exists in the registry as {repository}@{remote.digest} "
          "with this configuration: pulling it instead of rebuilding")
-    return image.pull(client, repository, remote.digest, tag, echo), remote.digest, "registry"
+    return transfer.pull(client, repository, remote.digest, tag, echo), remote.digest, "registry"
 
 
 class _Phases:
@@ -475,38 +262,7 @@ class _Phases:
         self._last = now
 
 
-_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "bentoship.json", "requirements.*")
-
-
-def _content_version(services_dir: Path) -> CodeVersion:
-    """The code version of a service template outside the checkout: a hash of its files."""
-    if not (services_dir / "service.py").is_file():
-        raise ConfigError(f"{services_dir} holds no service.py: it is not a copy of services/")
-    digest = hashlib.sha256()
-    for path in sorted(p for p in services_dir.rglob("*") if p.is_file()):
-        rel = path.relative_to(services_dir)
-        if _IGNORED(str(path.parent), [path.name]) or "__pycache__" in rel.parts:
-            continue
-        digest.update(rel.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return CodeVersion(sha="", dirty=False, label=f"src-{digest.hexdigest()[:7]}")
-
-
-def _write_context(config: dict[str, Any], dest: Path, services_dir: Path | None) -> Path:
-    """`bento.write_context`, with the service code taken from `services_dir` when given."""
-    context = bento.write_context(config, dest)
-    if services_dir is not None:
-        target = context / "services"
-        written = (target / "bentoship.json").read_bytes()
-        shutil.rmtree(target)
-        shutil.copytree(services_dir, target, ignore=_IGNORED)
-        (target / "bentoship.json").write_bytes(written)
-    return context
-
-
 def _tag(client: Any, image_id: str, repository: str, tag: str) -> None:
-    import docker.errors
-
-    try:
+    failed = f"could not tag {image_id} as {repository}:{tag}"
+    with map_exceptions({"docker-api": (DockerError, lambda exc: f"{failed}: {exc}")}):
         client.api.tag(image_id, repository, tag, force=True)
-    except docker.errors.APIError as exc:
-        raise DockerError(f"could not tag {image_id} as {repository}:{tag}: {exc}") from exc

@@ -1,154 +1,38 @@
-"""Docker images of a Bento: tag scheme, labels, layered Dockerfile, build, push and pull.
-
-Tag scheme (docs/contracts.md, contract 6)::
-
-    <registry>/<name>:ctl-v<N>[.trt-v<M>].code-<sha7>[-dirty-<hash6>]
-
-so both model versions and the code version are readable from the tag alone. After a push,
-everything refers to the image as `<registry>/<name>@sha256:<digest>`.
+"""The layered Docker image of a Bento: its Dockerfile, its build context, `docker build`, layers.
 
 Layers, most stable first, so that a code-only rebuild reuses everything but the last:
 
 1. the platform base, `FROM <registry>/bentoship/base@sha256:...` (its own layers);
 2. extra dependencies, only when the models need packages the base lacks: wheels prepared on
-   the host for exactly that closure (`prepare_extras`), installed in a builder stage without
-   network and copied to `/opt/extras`; the layer is reused while the closure is unchanged;
+   the host for exactly that closure (`extras.prepare_extras`), installed in a builder stage
+   without network and copied to `EXTRAS_DIR`; the layer is reused while the closure is unchanged;
 3. one layer per model version (`COPY models/<name>/v<N>/`);
 4. the service code (the rest of the Bento), then one `LABEL` step (no layer).
 
 The build uses the engine's classic builder, whose cache is the intermediate images: metadata
 steps (`USER`, `EXPOSE`, `ENTRYPOINT`) come right after `FROM`, so they are cached too, and all
 labels go into one `LABEL` instruction (passed as build labels, each would be a step of its own).
+The image is tagged (`identity.image_tag`, contract 6) only after its smoke test passed; pushing
+and pulling it are `transfer.py`'s.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import shutil
-import subprocess
-import sys
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pipeline.errors import ConfigError, ImageBuildError, PushError
-from pipeline.models.integrity import file_sha256
-from pipeline.progress import Echo
-from pipeline.identity import BENTO_DIR, LABEL_PREFIX, OPENAPI_FILE, PORT, UID
-from pipeline.progress import reporter
-
-if TYPE_CHECKING:
-    from pipeline.config import Settings
+from pipeline.build.extras import Extras
+from pipeline.errors import ImageBuildError, explanation, map_exceptions
+from pipeline.identity import BENTO_DIR, PORT, UID
+from pipeline.progress import Echo, reporter
 
 EXTRAS_DIR = "/opt/extras"
 LAYER_GROUPS = ("base", "extras", "models", "code")
 USER = str(UID)
-
-
-
-# --- extra dependencies ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Extras:
-    """The packages the models need beyond the base image, with host-prepared wheels."""
-
-    requirements: tuple[str, ...]  # exact pins of the whole closure, minus what the base has
-    wheels: tuple[Path, ...]
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256("\n".join(self.requirements).encode()).hexdigest()
-
-    def requirements_txt(self) -> str:
-        hashes = {_wheel_name(w): file_sha256(w) for w in self.wheels}
-        lines = [f"# extras closure sha256: {self.sha256}"]
-        for req in self.requirements:
-            lines.append(f"{req} --hash=sha256:{hashes[req.split('==')[0]]}")
-        return "\n".join(lines) + "\n"
-
-
-def prepare_extras(
-    wanted: Sequence[str],
-    base_pins: Mapping[str, str],
-    dest: Path,
-    settings: Settings,
-    echo: Echo,
-) -> Extras:
-    """Resolve `wanted` against the base's pins and put wheels for the rest into `dest`.
-
-    The closure is resolved on the host for the image's platform (`pip install --dry-run` with
-    the base lock as constraints), so the base's packages are neither downloaded again nor
-    duplicated in the layer. The resolution is kept in the wheel cache, keyed by the wanted
-    requirements and the lock: the same extras resolve to the same pins, offline.
-    Raises `ConfigError` (naming the packages) when no versions fit the base's pins.
-    """
-    from pipeline.build.base import prepare_wheels
-
-    progress = reporter(echo)
-    pins = _resolve_extras(wanted, base_pins, settings, progress)
-    with progress.task(f"Preparing {len(pins)} wheel(s) for extra dependencies", len(pins),
-                       "files") as task:
-        def on_line(message: str) -> None:
-            if message.strip().endswith(".whl"):
-                task.advance(note=message.strip())
-
-        wheels = prepare_wheels(list(pins), dest, no_deps=True, settings=settings, echo=on_line)
-    return Extras(pins, tuple(wheels))
-
-
-def _resolve_extras(
-    wanted: Sequence[str], base_pins: Mapping[str, str], settings: Settings, echo: Echo
-) -> tuple[str, ...]:
-    from packaging.utils import canonicalize_name
-
-    from pipeline.build.base import _PIP_TARGET  # the image's platform, as the base image uses it
-
-    constraints = "".join(f"{n}=={v}\n" for n, v in sorted(base_pins.items()))
-    key = hashlib.sha256(
-        json.dumps([sorted(wanted), constraints, _PIP_TARGET]).encode()
-    ).hexdigest()
-    cached = settings.wheel_cache / "extras" / f"{key[:16]}.txt"
-    if cached.is_file():
-        return tuple(cached.read_text().split())
-    echo(f"Resolving extra dependencies {', '.join(wanted)} against the base image's pins")
-    pins = {canonicalize_name(n) for n in base_pins}
-    settings.wheel_cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="extras-", dir=settings.wheel_cache) as tmp:
-        (Path(tmp) / "constraints.txt").write_text(constraints)
-        (Path(tmp) / "requirements.txt").write_text("\n".join(wanted) + "\n")
-        cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
-               "--quiet", "--report", f"{tmp}/report.json", "-r", f"{tmp}/requirements.txt",
-               "-c", f"{tmp}/constraints.txt", "--disable-pip-version-check",
-               "--progress-bar", "off", *_PIP_TARGET]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            errors = [ln for ln in proc.stderr.splitlines() if not ln.startswith("WARNING")]
-            raise ConfigError(
-                f"the models' extra requirements ({', '.join(wanted)}) cannot be installed next "
-                "to the base image's pins (services/requirements.lock); nothing was built. "
-                "pip says:\n  " + "\n  ".join(errors[-12:])
-            )
-        report = json.loads((Path(tmp) / "report.json").read_text())
-    closure = sorted(
-        f"{canonicalize_name(item['metadata']['name'])}=={item['metadata']['version']}"
-        for item in report.get("install", [])
-        if canonicalize_name(item["metadata"]["name"]) not in pins
-    )
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    cached.write_text("\n".join(closure) + "\n")
-    return tuple(closure)
-
-
-def _wheel_name(wheel: Path) -> str:
-    from packaging.utils import canonicalize_name, parse_wheel_filename
-
-    return str(canonicalize_name(parse_wheel_filename(wheel.name)[0]))
 
 
 # --- the Dockerfile and its context ---------------------------------------------------------------
@@ -256,7 +140,7 @@ def _ignore_models(bento_dir: Path) -> Callable[[str, list[str]], list[str]]:
     return ignore
 
 
-# --- engine: build, inspect, push, pull -----------------------------------------------------------
+# --- the build and its layers ---------------------------------------------------------------------
 
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 
@@ -267,36 +151,35 @@ def build(client: Any, context: Path, echo: Echo) -> str:
     The image gets no tag here: it is tagged only after the smoke test passes, so a tag never
     points at an image that failed.
     """
-    import docker.errors
-
     image_id = ""
     log: list[str] = []
     progress = reporter(echo)
-    try:
-        with progress.task("Building the image (no network)", None, "steps") as task:
-            stream = client.api.build(
-                path=str(context),
-                network_mode="none",
-                rm=True,
-                forcerm=True,
-                pull=False,
-                decode=True,
-            )
-            for chunk in stream:
-                if "error" in chunk:
-                    raise ImageBuildError(_build_message(chunk["error"], log))
-                text = chunk.get("stream", "").rstrip()
-                if text:
-                    log.append(text)
-                    step = _STEP.match(text)
-                    if step:
-                        task.update(int(step[1]) - 1, total=int(step[2]),
-                                    note=text.split("\n")[0][:110])
-                aux = chunk.get("aux") or {}
-                if "ID" in aux:
-                    image_id = aux["ID"]
-    except docker.errors.APIError as exc:
-        raise ImageBuildError(_build_message(str(exc.explanation or exc), log)) from exc
+    failed = (ImageBuildError, lambda exc: _build_message(explanation(exc), log))
+    with (
+        map_exceptions({"docker-api": failed}),
+        progress.task("Building the image (no network)", None, "steps") as task,
+    ):
+        stream = client.api.build(
+            path=str(context),
+            network_mode="none",
+            rm=True,
+            forcerm=True,
+            pull=False,
+            decode=True,
+        )
+        for chunk in stream:
+            if "error" in chunk:
+                raise ImageBuildError(_build_message(chunk["error"], log))
+            text = chunk.get("stream", "").rstrip()
+            if text:
+                log.append(text)
+                step = _STEP.match(text)
+                if step:
+                    task.update(int(step[1]) - 1, total=int(step[2]),
+                                note=text.split("\n")[0][:110])
+            aux = chunk.get("aux") or {}
+            if "ID" in aux:
+                image_id = aux["ID"]
     if not image_id:
         raise ImageBuildError(
             "docker build finished without reporting an image id:\n" + "\n".join(log[-15:])
@@ -361,73 +244,3 @@ def _group(created_by: str) -> str:
     if f" in {BENTO_DIR}/" in created_by:
         return "code"
     return "base"
-
-
-def push(client: Any, repository: str, tag: str, echo: Echo) -> str:
-    """Push `repository:tag`; return the registry's manifest digest (`sha256:...`)."""
-    import docker.errors
-
-    digest = ""
-    progress = reporter(echo)
-    sent: dict[str, int] = {}
-    sizes: dict[str, int] = {}
-    try:
-        with progress.task(f"Pushing {repository}:{tag}", None, "bytes") as task:
-            for chunk in client.api.push(repository, tag=tag, stream=True, decode=True):
-                if "error" in chunk:
-                    raise PushError(push_message(repository, chunk["error"]))
-                aux = chunk.get("aux") or {}
-                if "Digest" in aux:
-                    digest = aux["Digest"]
-                status, layer = chunk.get("status", ""), chunk.get("id", "")
-                detail = chunk.get("progressDetail") or {}
-                if status == "Pushing" and detail.get("total"):
-                    sent[layer], sizes[layer] = int(detail.get("current", 0)), int(detail["total"])
-                    task.update(sum(sent.values()), total=sum(sizes.values()))
-                elif status in ("Pushed", "Layer already exists") or status.startswith("Mounted"):
-                    if layer in sizes:
-                        sent[layer] = sizes[layer]
-                    task.update(sum(sent.values()), note=f"{layer}: {status}")
-    except docker.errors.APIError as exc:
-        raise PushError(push_message(repository, str(exc.explanation or exc))) from exc
-    if not digest:
-        raise PushError(f"pushing {repository}:{tag} reported no digest; nothing was recorded")
-    return digest
-
-
-def pull(client: Any, repository: str, digest: str, tag: str, echo: Echo) -> Any:
-    """Pull `repository@digest`, tag it `repository:tag` locally and return the image."""
-    import docker.errors
-
-    progress = reporter(echo)
-    got: dict[str, int] = {}
-    sizes: dict[str, int] = {}
-    try:
-        with progress.task(f"Pulling {repository}@{digest[:19]}", None, "bytes") as task:
-            for chunk in client.api.pull(f"{repository}@{digest}", stream=True, decode=True):
-                if "error" in chunk:
-                    raise PushError(f"pulling {repository}@{digest} failed: {chunk['error']}")
-                detail = chunk.get("progressDetail") or {}
-                if chunk.get("status") == "Downloading" and detail.get("total"):
-                    layer = chunk.get("id", "")
-                    got[layer], sizes[layer] = int(detail.get("current", 0)), int(detail["total"])
-                    task.update(sum(got.values()), total=sum(sizes.values()))
-        pulled = client.images.get(f"{repository}@{digest}")
-        client.api.tag(pulled.id, repository, tag, force=True)
-    except docker.errors.APIError as exc:
-        raise PushError(f"pulling {repository}@{digest} failed: {exc.explanation or exc}") from exc
-    return client.images.get(pulled.id)
-
-
-def push_message(repository: str, error: str) -> str:
-    """What a user reads when the registry refused a push or could not be reached."""
-    registry = repository.split("/", 1)[0]
-    hint = ""
-    lowered = error.lower()
-    if any(s in lowered for s in ("connection refused", "no such host", "dial tcp",
-                                  "not reachable", "timed out")):
-        hint = (
-            f" The registry {registry} is not reachable: start the local one with "
-            "`bash ci/setup.sh` or set BENTOSHIP_REGISTRY."
-        )
-    return f"pushing {repository} failed: {error.strip()}.{hint} Nothing was recorded as released."

@@ -1,7 +1,7 @@
 """Start a built image, wait for readiness, ask for predictions, stop it.
 
-Used by the build (an image that fails is never tagged) and by `bentoship run`, which leaves
-the container running for a human.
+Used by the build (an image that fails is never tagged) and by `bentoship run` (`try_image`),
+which leaves the container running for a human.
 """
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.errors import SmokeTestError
-from pipeline.identity import BENTOML_HOME, PORT, UID
+from pipeline.errors import SmokeTestError, explanation, map_exceptions
+from pipeline.identity import BENTO_DIR, BENTOML_HOME, PORT, UID
+from pipeline.progress import Echo
 
 # Where a read-only root filesystem still needs writable scratch space (as in Kubernetes).
 SCRATCH = {
@@ -47,9 +48,8 @@ def start(
     detach_on_success: bool = False,
 ) -> Running:
     """Run the image read-only as its non-root user and wait for `/readyz`."""
-    import docker.errors
-
-    try:
+    refused = (SmokeTestError, lambda exc: f"could not start {image}: {explanation(exc)}")
+    with map_exceptions({"docker-api": refused}):
         container = client.containers.run(
             image,
             detach=True,
@@ -60,8 +60,6 @@ def start(
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
         )
-    except docker.errors.APIError as exc:
-        raise SmokeTestError(f"could not start {image}: {exc.explanation or exc}") from exc
     started = time.monotonic()
     try:
         container.reload()
@@ -127,7 +125,7 @@ def smoke_test(
     rows: Sequence[dict[str, Any]],
     *,
     deadline_s: float = 120.0,
-    echo: Callable[[str], None] = lambda _: None,
+    echo: Echo = lambda _: None,
 ) -> SmokeResult:
     running = start(client, image, deadline_s=deadline_s)
     try:
@@ -147,12 +145,30 @@ def example_row(container: Any) -> dict[str, Any]:
     import io
     import tarfile
 
-    path = "/home/bentoship/bento/src/services/bentoship.json"
+    path = f"{BENTO_DIR}/src/services/bentoship.json"
     stream, _ = container.get_archive(path)
     with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
         member = tar.extractfile("bentoship.json")
         config = json.loads(member.read()) if member else {}
     return {f["name"]: f.get("example") for f in config.get("features", [])}
+
+
+@dataclass(frozen=True)
+class Trial:
+    """A container left running for a human, and its answer for the image's example row."""
+
+    running: Running
+    row: dict[str, Any]
+    answer: dict[str, Any]
+
+
+def try_image(
+    client: Any, image: str, *, host_port: int | None = None, name: str | None = None
+) -> Trial:
+    """Start `image` as `start` does, post one example row and leave the container running."""
+    running = start(client, image, host_port=host_port, name=name)
+    row = example_row(running.container)
+    return Trial(running, row, predict(running.url, [row]))
 
 
 def stop(container: Any) -> None:

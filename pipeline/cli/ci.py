@@ -1,7 +1,7 @@
 """CLI commands for CI: `bentoship ci on-model-registered|on-commit|webhook` and `rollback`.
 
-The root group in pipeline/cli.py registers them; they parse, call pipeline.flows or
-pipeline.receiver, and print. ci/github-actions.yml and ci/Jenkinsfile call only these.
+The root group in pipeline/cli/root.py registers them; they parse, call pipeline.flows or
+pipeline.flows.receiver, and print. ci/github-actions.yml and ci/Jenkinsfile call only these.
 """
 
 from __future__ import annotations
@@ -107,8 +107,8 @@ def on_model_registered(model: str, version: int, name: str | None, config_path:
     a service deploys NAME/N alone, directly. Does nothing (exit 0, saying why) when the version
     already is production's control or production already runs exactly these versions and code.
     """
+    from pipeline import flows
     from pipeline.config import load_settings
-    from pipeline.flows import flows
 
     release_config, ci_config = _configs(config_path)
     with _quiet_stdout():
@@ -143,8 +143,8 @@ def on_commit(message: str, sha: str, name: str | None, config_path: Path | None
       [api: allow-breaking] or the trailer `Api: allow-breaking`: release even if the
                             service's API breaks production's callers
     """
+    from pipeline import flows
     from pipeline.config import load_settings
-    from pipeline.flows import flows
 
     release_config, _ = _configs(config_path)
     with _quiet_stdout():
@@ -176,28 +176,12 @@ def webhook(host: str, port: int, config_path: Path | None, outdir: Path | None,
     SIGTERM: a running release finishes, queued ones resume at the next start.
     """
     from pipeline.config import load_settings
-    from pipeline.flows import flows
-    from pipeline.flows.receiver import DeliveryJournal, Outcome, Receiver, event_filter
-    from pipeline.flows.webhook import RegistryEvent
+    from pipeline.flows.receiver import webhook_receiver
 
     settings = load_settings()
     release_config, ci_config = _configs(config_path)
-    releases = outdir if outdir is not None else settings.webhook_dir / "releases"
-
-    def handle(event: RegistryEvent) -> Outcome:
-        assert event.version is not None and event.delivery_id is not None
-        folder = releases / f"{event.model_name}-v{event.version}-{event.delivery_id[:8]}"
-        result = flows.on_model_registered(event.model_name, event.version, settings,
-                                           release_config, ci_config, folder, say)
-        if result.handoff is None:
-            return Outcome("skipped", result.reason)
-        return Outcome("released", f"{result.reason}; files in {folder}",
-                       result.handoff.record.release_id)
-
-    receiver = Receiver(settings.webhook_secret,
-                        DeliveryJournal(settings.webhook_dir / "deliveries.jsonl"), handle,
-                        ignore=event_filter(ci_config.models, ci_config.alias_events),
-                        host=host, port=port, tolerance_s=tolerance, echo=say)
+    receiver = webhook_receiver(settings, release_config, ci_config, outdir=outdir, host=host,
+                                port=port, tolerance_s=tolerance, echo=say)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     with _quiet_stdout():
@@ -240,8 +224,8 @@ def rollback(to: str | None, name: str | None, baseline: str | None, config_path
     undo a failed rollout), but nothing is recorded: the command then exits 1 after printing
     the result. Without --to it needs the ledger, and says so.
     """
+    from pipeline import flows
     from pipeline.config import load_settings
-    from pipeline.flows import flows
 
     release_config, ci_config = _configs(config_path)
     try:

@@ -11,7 +11,8 @@ import yaml
 
 from pipeline.cli.options import check_treatment_options, emit, model_ref, output_option, say
 from pipeline.errors import PipelineError
-from pipeline.release.api_spec import Change, diff_specs, load_spec, validate_spec
+from pipeline.release.api_diff import Change, diff_specs
+from pipeline.release.api_spec import load_spec, validate_spec
 
 _spec_path = click.Path(exists=True, dir_okay=False, readable=True, path_type=Path)
 
@@ -102,6 +103,7 @@ def export(image_ref: str | None, control: str | None, treatment: str | None,
       bentoship openapi diff openapi.json next.json
     """
     from pipeline.identity import openapi_sha256
+    from pipeline.release.api_export import service_spec_for_models, service_spec_of_image
 
     if (image_ref is None) == (control is None):
         raise click.UsageError("give either IMAGE or --model REF (not both)")
@@ -111,15 +113,17 @@ def export(image_ref: str | None, control: str | None, treatment: str | None,
                                           ("--name", name)) if value is not None]
         if given:
             raise click.UsageError(f"{', '.join(given)} only go with --model, not with IMAGE")
-        spec = _image_spec(image_ref)
-        source = image_ref
+        spec = service_spec_of_image(image_ref)
     else:
+        from pipeline.build.plan import BuildRequest
+        from pipeline.config import load_settings
+
         assert control is not None
         check_treatment_options(treatment, treatment_weight)
-        spec = _planned_spec(control, treatment, treatment_weight, name, max_rows, threshold,
-                             allow_pickle)
-        source = "the planned build of " + " + ".join(r for r in (control, treatment) if r)
-    validate_spec(spec, source=f"the spec of {source}")
+        request = BuildRequest(control=control, treatment=treatment, name=name,
+                               treatment_weight=treatment_weight, allow_pickle=allow_pickle,
+                               max_rows=max_rows, threshold=threshold)
+        spec = service_spec_for_models(request, load_settings(), say)
     info = spec.get("info") or {}
     summary = (f"OpenAPI {spec.get('openapi')} spec of {info.get('title')} {info.get('version')} "
                f"(sha256 {openapi_sha256(spec)})")
@@ -134,30 +138,6 @@ def export(image_ref: str | None, control: str | None, treatment: str | None,
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     say(f"{summary} written to {out}")
-
-
-def _image_spec(image_ref: str) -> dict[str, Any]:
-    from pipeline.build.engine import connect
-    from pipeline.release.handoff import service_spec
-
-    return service_spec(connect(), image_ref)
-
-
-def _planned_spec(control: str, treatment: str | None, treatment_weight: int | None,
-                  name: str | None, max_rows: int, threshold: float,
-                  allow_pickle: bool) -> dict[str, Any]:
-    import tempfile
-
-    from pipeline.build.builder import BuildRequest, plan, resolve_request
-    from pipeline.config import load_settings
-
-    settings = load_settings()
-    request = BuildRequest(control=control, treatment=treatment, name=name,
-                           treatment_weight=treatment_weight, allow_pickle=allow_pickle,
-                           max_rows=max_rows, threshold=threshold)
-    resolved = resolve_request(request, settings, say)
-    with tempfile.TemporaryDirectory(prefix="bentoship-export-") as tmp:
-        return plan(resolved, settings, Path(tmp), say).openapi
 
 
 def _read(path: Path, name: str, validate: bool) -> dict[str, Any]:

@@ -62,11 +62,6 @@ def emit(result: dict[str, Any], output: str, text: str) -> None:
         click.echo(text, file=stream)
 
 
-def fail(message: str) -> None:
-    click.secho(f"Error: {message}", fg="red", err=True)
-    sys.exit(1)
-
-
 def model_ref(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Click callback: a malformed NAME@ALIAS / NAME/VERSION is a usage error (exit 2)."""
     from pipeline.errors import ConfigError

@@ -1,7 +1,7 @@
 """CLI commands for releases: `bentoship release`, `render` and `releases list|show`.
 
-The root group in pipeline/cli.py registers them; they only parse, call pipeline.handoff,
-pipeline.release or pipeline.ledger, and print.
+The root group in pipeline/cli/root.py registers them; they only parse, call
+pipeline.release (files, handoff, ledger), and print.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _model(ctx: click.Context, param: click.Parameter, value: str | None) -> dic
 
 def _image(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
     from pipeline.errors import ReleaseError
-    from pipeline.release.documents import parse_image_reference
+    from pipeline.release.spec import parse_image_reference
 
     if value is None:
         return None
@@ -153,44 +153,33 @@ def render(
           --control demo-classifier/1 --treatment demo-classifier/2 \\
           --tag ctl-v1.trt-v2.code-1a2b3c4 --out release/
     """
-    from pipeline.config import DEFAULT_CONFIG_FILE, load_release_config
-    from pipeline.identity import parse_tag
-    from pipeline.release.documents import ReleaseSpec
-    from pipeline.release.documents import render_release as run_render
+    from pipeline.config import DEFAULT_CONFIG_FILE
+    from pipeline.errors import ReleaseError
+    from pipeline.release.files import render_from_inputs
+    from pipeline.release.spec import baseline_digest_in
 
     repository, digest = image
-    if baseline is not None and baseline[0] != repository:
-        raise click.BadParameter(
-            f"the baseline is in {baseline[0]}, the image in {repository}: a canary compares "
-            "two images of one repository",
-            param_hint="--baseline",
-        )
-    tag = parse_tag(image_tag)
-    if tag is not None:
-        tag.check_versions(control["version"], treatment["version"] if treatment else None,
-                           tag_text=image_tag)
+    try:
+        baseline_digest = baseline_digest_in(repository, baseline)
+    except ReleaseError as exc:
+        raise click.BadParameter(str(exc), param_hint="--baseline") from None
     if config_file is None and DEFAULT_CONFIG_FILE.is_file():
         config_file = DEFAULT_CONFIG_FILE
-    config = load_release_config(config_file)
-    openapi = None
-    if openapi_file is not None:
-        from pipeline.release.api_spec import load_spec
-
-        openapi = load_spec(openapi_file)
-    models = {"control": control, **({"treatment": treatment} if treatment else {})}
-    spec = ReleaseSpec(
+    spec, files = render_from_inputs(
         name=name,
         repository=repository,
         digest=digest,
-        baseline_digest=baseline[1] if baseline else None,
-        model_versions=models,
-        code_version=code_version or (tag.code if tag else ""),
+        baseline_digest=baseline_digest,
+        control=control,
+        treatment=treatment,
         image_tag=image_tag,
+        code_version=code_version,
         kind=kind,  # type: ignore[arg-type]
         skip_canary=skip_canary,
-        openapi=openapi,
+        openapi_file=openapi_file,
+        config_file=config_file,
+        outdir=outdir,
     )
-    files = run_render(spec, config, outdir)
     mode = "canary" if spec.mode == "canary" else "direct to production"
     say(f"Rendered a {kind} release of {spec.image} ({mode}) into {outdir}")
     emit(
@@ -328,7 +317,7 @@ def release(control: str, treatment: str | None, treatment_weight: int | None, n
     for the production release: a breaking change (`bentoship openapi diff` rules) is
     refused unless --allow-breaking-api. The decision is recorded as `api_change`.
     """
-    from pipeline.build.builder import BuildRequest
+    from pipeline.build.plan import BuildRequest
     from pipeline.config import load_release_config
     from pipeline.release import handoff
 

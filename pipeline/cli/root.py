@@ -1,5 +1,8 @@
 """The `bentoship` command line: a thin click layer over the pipeline's Python API.
 
+This module holds the root group, the error edge and the registration of the commands, which
+live in build.py (demo, base, build, run, serve, push), release.py, openapi.py and ci.py.
+
 Exit codes: 0 success, 1 a failure the user can act on (the message says what exists and
 what to do), 2 a usage error. `--debug` re-raises with the traceback.
 """
@@ -7,21 +10,11 @@ what to do), 2 a usage error. `--debug` re-raises with the traceback.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 
-from pipeline.cli.options import (
-    check_treatment_options,
-    emit,
-    model_options,
-    output_option,
-    quiet_option,
-    results_only_on_stdout,
-    say,
-)
+from pipeline.cli.options import results_only_on_stdout
 from pipeline.errors import PipelineError
-from pipeline.progress import Progress
 
 
 class _Group(click.Group):
@@ -57,196 +50,23 @@ def main() -> None:
 
 
 def _register() -> None:
+    from pipeline.cli.build import base, build, demo, push, run, serve
     from pipeline.cli.ci import ci, rollback
     from pipeline.cli.openapi import openapi
     from pipeline.cli.release import release, releases, render
 
+    cli.add_command(demo)
+    cli.add_command(base)
+    cli.add_command(build)
+    cli.add_command(run)
+    cli.add_command(serve)
+    cli.add_command(push)
     cli.add_command(openapi)
     cli.add_command(release)
     cli.add_command(releases)
     cli.add_command(render)
     cli.add_command(ci)
     cli.add_command(rollback)
-
-
-def _settings():  # type: ignore[no-untyped-def]
-    from pipeline.config import load_settings
-
-    return load_settings()
-
-
-@cli.group()
-def demo() -> None:
-    """Demo models to try bentoship with."""
-
-
-@demo.command("train")
-@click.option("--if-missing", is_flag=True,
-              help="Do nothing if demo-classifier already has @champion and @challenger.")
-@output_option
-def demo_train(if_missing: bool, output: str) -> None:
-    """Train and register two demo models (scikit-learn control, XGBoost treatment).
-
-    \b
-    Both are binary classifiers on scikit-learn's bundled breast-cancer data, registered as
-    two versions of `demo-classifier` with aliases @champion (control) and @challenger
-    (treatment), in the MLflow store of MLFLOW_TRACKING_URI (default: a SQLite file under
-    .bentoship/).
-    """
-    from pipeline.models import demo as demo_models
-
-    settings = _settings()
-    if if_missing:
-        existing = demo_models.existing(settings.tracking_uri, settings.registry_uri)
-        if existing is not None:
-            control, treatment = existing
-            emit({"control": {"model": str(control)}, "treatment": {"model": str(treatment)},
-                  "tracking_uri": settings.tracking_uri, "trained": False}, output,
-                 f"Demo models already registered: {control} @champion, {treatment} @challenger")
-            return
-    say(f"Training demo models into {settings.tracking_uri}")
-    artifact_root = settings.artifact_root if settings.uses_embedded_store else None
-    result = demo_models.train(settings.tracking_uri, settings.registry_uri, artifact_root=artifact_root)
-    emit(
-        {
-            "control": {"model": str(result.control), "aliases": list(result.control.aliases),
-                        "accuracy": result.control_accuracy},
-            "treatment": {"model": str(result.treatment), "aliases": list(result.treatment.aliases),
-                          "accuracy": result.treatment_accuracy},
-            "tracking_uri": settings.tracking_uri,
-            "trained": True,
-        },
-        output,
-        f"Registered {result.control} @champion (scikit-learn, accuracy "
-        f"{result.control_accuracy:.3f}) and {result.treatment} @challenger (XGBoost, accuracy "
-        f"{result.treatment_accuracy:.3f}).\nNext: bentoship build --model "
-        f"{result.control.name}@champion --treatment {result.control.name}@challenger",
-    )
-
-
-@cli.command()
-@model_options
-@click.option("--name", help="Service and image repository name. [default: the control's "
-              "registered name]")
-@click.option("--push", is_flag=True, help="Push to the OCI registry and report the digest.")
-@click.option("--max-rows", type=int, default=1000, show_default=True,
-              help="Largest batch one request may carry.")
-@click.option("--threshold", type=float, default=0.5, show_default=True,
-              help="Score at or above which the prediction is 1.")
-@click.option("--ready-timeout", type=float, default=120.0, show_default=True, metavar="SECONDS",
-              help="How long the smoke test waits for the container's /readyz.")
-@click.option("--services-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              hidden=True, help="Build from this copy of services/ (tests and benchmarks); its "
-              "code version is then a hash of its content, src-<hash7>.")
-@output_option
-@quiet_option
-def build(control: str, treatment: str | None, treatment_weight: int | None, name: str | None,
-          push: bool, allow_pickle: bool, max_rows: int, threshold: float, ready_timeout: float,
-          services_dir: Path | None, output: str, quiet: bool) -> None:
-    """Build a smoke-tested Docker image serving registry model versions.
-
-    \b
-    Resolves the versions, verifies their artifacts, builds a Bento from services/, builds
-    the image with the Docker SDK (hermetic: no network during the build), starts it, posts
-    the model's input example and only then tags it:
-        <registry>/<name>:ctl-v<N>[.trt-v<M>].code-<git sha>[-dirty-<hash>]
-    Building the same versions and code again reuses the existing image.
-
-    \b
-    Examples:
-      bentoship build --model demo-classifier@champion
-      bentoship build --model demo-classifier/1 --treatment demo-classifier/2 \\
-                      --treatment-weight 10 --push --output json
-    """
-    from pipeline.build.builder import BuildRequest
-    from pipeline.build.builder import build as run_build
-
-    check_treatment_options(treatment, treatment_weight)
-    request = BuildRequest(control=control, treatment=treatment, name=name,
-                           treatment_weight=treatment_weight, push=push,
-                           allow_pickle=allow_pickle, max_rows=max_rows, threshold=threshold,
-                           ready_timeout_s=ready_timeout, services_dir=services_dir)
-    result = run_build(request, _settings(), echo=Progress(quiet=quiet))
-    sizes = ", ".join(f"{group} {size / 1e6:.1f} MB" for group, size in result.layer_sizes.items())
-    lines = [
-        (f"{'Reused' if result.reused else 'Built'} {result.reference} "
-        f"({result.size_bytes / 1e6:.0f} MB: {sizes}) in {result.seconds:.0f}s"),
-    ]
-    if result.pinned:
-        lines.append(f"Pushed: {result.pinned}")
-    if result.example_rows_out:
-        lines.append(f"Smoke test prediction: {result.example_rows_out[0]}")
-    emit(result.as_dict(), output, "\n".join(lines))
-
-
-@cli.command()
-@click.argument("image_ref", metavar="IMAGE")
-@click.option("--port", type=int, default=3000, show_default=True, help="Host port on 127.0.0.1.")
-@click.option("--name", "container_name", help="Container name. [default: none]")
-@output_option
-def run(image_ref: str, port: int, container_name: str | None, output: str) -> None:
-    """Start IMAGE (tag or repo@sha256 digest) in the background and show one prediction.
-
-    The container runs as in production: non-root, read-only root filesystem. Stop it with
-    `docker rm -f CONTAINER`.
-    """
-    from pipeline.build import smoke
-    from pipeline.build.engine import connect
-
-    client = connect()
-    say(f"Starting {image_ref} on 127.0.0.1:{port}")
-    running = smoke.start(client, image_ref, host_port=port, name=container_name)
-    example = smoke.example_row(running.container)
-    answer = smoke.predict(running.url, [example])
-    emit(
-        {"container": running.container.name, "url": running.url,
-         "openapi": f"{running.url}/docs.json", "request": {"rows": [example]},
-         "response": answer, "ready_after_s": round(running.ready_after_s, 1)},
-        output,
-        f"Container {running.container.name} ready after {running.ready_after_s:.1f}s at "
-        f"{running.url}\nPrediction for the model's example row: {answer['rows'][0]}\n"
-        f"OpenAPI spec: {running.url}/docs.json (Swagger UI at {running.url}/)\n"
-        f"Stop it with: docker rm -f {running.container.name}",
-    )
-
-
-@cli.command()
-@model_options
-@click.option("--port", type=int, default=3000, show_default=True)
-def serve(control: str, treatment: str | None, treatment_weight: int | None, port: int,
-          allow_pickle: bool) -> None:
-    """Serve model versions locally without Docker, exactly as the image would.
-
-    Same resolution, verification and service as `bentoship build`; runs `bentoml serve` in
-    the foreground on 127.0.0.1.
-    """
-    from pipeline.build.builder import BuildRequest
-    from pipeline.build.builder import serve as run_serve
-
-    check_treatment_options(treatment, treatment_weight)
-    request = BuildRequest(control=control, treatment=treatment,
-                           treatment_weight=treatment_weight, allow_pickle=allow_pickle)
-    sys.exit(run_serve(request, _settings(), port, echo=say))
-
-
-@cli.command()
-@click.argument("image_ref", metavar="IMAGE")
-@output_option
-@quiet_option
-def push(image_ref: str, output: str, quiet: bool) -> None:
-    """Push a built IMAGE (REPOSITORY:TAG) to its OCI registry and print its digest.
-
-    From then on refer to the image as REPOSITORY@sha256:..., never by tag.
-    """
-    from pipeline.build import image
-    from pipeline.build.engine import connect
-
-    repository, _, tag = image_ref.rpartition(":")
-    if not repository or "/" in tag:
-        raise click.UsageError(f"IMAGE must be REPOSITORY:TAG, got {image_ref!r}")
-    digest = image.push(connect(), repository, tag, echo=Progress(quiet=quiet))
-    emit({"image": image_ref, "digest": digest, "pinned": f"{repository}@{digest}"}, output,
-         f"{repository}@{digest}")
 
 
 _register()

@@ -1,6 +1,6 @@
 """`bentoship ci webhook`: receive MLflow registry webhooks and start releases, one at a time.
 
-    POST /webhook            an MLflow delivery (pipeline/webhook.py checks and reads it)
+    POST /webhook            an MLflow delivery (pipeline/flows/webhook.py checks and reads it)
     GET  /healthz            {"status": "ok", "pending": n, "counts": {...}}
     GET  /deliveries/<id>    what became of one delivery
 
@@ -18,6 +18,10 @@ sender gives up after 30 s. Releases run in one worker thread, in arrival order.
 are journaled under `<BENTOSHIP_HOME>/webhook/deliveries.jsonl` when accepted and again when
 done, so a retried delivery is a duplicate even after a restart, and deliveries accepted but
 not finished when the receiver stopped are run when it starts again.
+
+`webhook_receiver` makes the receiver `bentoship ci webhook` runs, from the settings and the
+`[release]`/`[ci]` configuration: each accepted new version goes through
+`flows.on_model_registered`, its files into a folder of their own.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.flows.webhook import (
@@ -46,7 +50,17 @@ from pipeline.flows.webhook import (
 )
 from pipeline.progress import Echo
 
-__all__ = ["DeliveryJournal", "Outcome", "Receiver", "event_filter"]
+if TYPE_CHECKING:
+    from pipeline.config import CiConfig, ReleaseConfig, Settings
+
+__all__ = [
+    "DeliveryJournal",
+    "Outcome",
+    "Receiver",
+    "event_filter",
+    "release_handler",
+    "webhook_receiver",
+]
 
 MAX_BODY = 1 << 20
 
@@ -251,6 +265,57 @@ class Receiver:
             self.count(outcome.status)
             self.journal.finish(event.delivery_id, outcome)
             self.echo(f"Delivery {event.delivery_id}: {outcome.status}: {outcome.detail}")
+
+
+def release_handler(
+    settings: Settings,
+    release_config: ReleaseConfig,
+    ci_config: CiConfig,
+    releases: Path,
+    echo: Echo,
+) -> Handle:
+    """The worker's handler: `on_model_registered` for the event, files under `releases`.
+
+    Each release gets a folder of its own, `<model>-v<version>-<delivery id prefix>`.
+    """
+    from pipeline.flows.training import on_model_registered
+
+    def handle(event: RegistryEvent) -> Outcome:
+        assert event.version is not None and event.delivery_id is not None
+        folder = releases / f"{event.model_name}-v{event.version}-{event.delivery_id[:8]}"
+        result = on_model_registered(event.model_name, event.version, settings,
+                                     release_config, ci_config, folder, echo)
+        if result.handoff is None:
+            return Outcome("skipped", result.reason)
+        return Outcome("released", f"{result.reason}; files in {folder}",
+                       result.handoff.record.release_id)
+
+    return handle
+
+
+def webhook_receiver(
+    settings: Settings,
+    release_config: ReleaseConfig,
+    ci_config: CiConfig,
+    *,
+    outdir: Path | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8686,
+    tolerance_s: int = 300,
+    echo: Echo = lambda message: None,
+) -> Receiver:
+    """The receiver `bentoship ci webhook` runs (not started yet).
+
+    It verifies deliveries with `settings.webhook_secret` (ConfigError when unset), journals
+    them under `settings.webhook_dir`, follows the models and aliases of `[ci]`, and releases
+    into `outdir` (default: `<webhook_dir>/releases`, outside the checkout).
+    """
+    releases = outdir if outdir is not None else settings.webhook_dir / "releases"
+    handle = release_handler(settings, release_config, ci_config, releases, echo)
+    return Receiver(settings.webhook_secret,
+                    DeliveryJournal(settings.webhook_dir / "deliveries.jsonl"), handle,
+                    ignore=event_filter(ci_config.models, ci_config.alias_events),
+                    host=host, port=port, tolerance_s=tolerance_s, echo=echo)
 
 
 def _event_name(body: bytes) -> str:

@@ -7,17 +7,19 @@ point records nothing.
 The API guard runs as soon as the service's OpenAPI spec is known, right after the build's
 plan (models resolved and verified, configuration derived) and before anything is built: it
 compares the spec with the one recorded for the current production release of the service
-(`pipeline.openapi.diff_specs`) and refuses a breaking change unless it is allowed
+(`pipeline.release.api_diff.diff_specs`) and refuses a breaking change unless it is allowed
 (`bentoship release --allow-breaking-api`, or `[api: allow-breaking]` in a commit message,
 which CI passes as `allow_breaking_api=True`). The decision is recorded with the release
 (`api_change`: none, compatible, breaking-allowed, or unchecked when production has no spec).
+
+`release` builds, then `hand_over` renders, submits (pipeline/release/submit.py, `--submit`)
+and records; a rollback, which builds nothing, calls `hand_over` directly.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import shutil
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -25,13 +27,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipeline import identity
-from pipeline.build.builder import BuildRequest, BuildResult, Plan, build
+from pipeline.build.builder import BuildResult, build
+from pipeline.build.plan import BuildRequest, Plan
 from pipeline.config import ReleaseConfig, Settings
 from pipeline.errors import ReleaseError
 from pipeline.models import registry
 from pipeline.release import ledger
-from pipeline.release.api_spec import Change, diff_specs
-from pipeline.release.documents import ReleaseSpec, render_release
+from pipeline.release.api_diff import Change, diff_specs
+from pipeline.release.files import render_release
+from pipeline.release.spec import ReleaseSpec
+from pipeline.release.submit import check_submit, submit_pipeline
 
 CONFIG_IN_IMAGE = f"{identity.BENTO_DIR}/src/services/bentoship.json"
 OPENAPI_IN_IMAGE = f"{identity.BENTO_DIR}/{identity.OPENAPI_FILE}"
@@ -203,10 +208,6 @@ def check_api(
     return ApiCheck("breaking-allowed", production, changes)
 
 
-def _artifact_root(settings: Settings) -> Path | None:
-    return settings.artifact_root if settings.uses_embedded_store else None
-
-
 def release(
     req: BuildRequest,
     settings: Settings,
@@ -225,7 +226,7 @@ def release(
     """
     from pipeline.build.engine import connect
 
-    _check_submit(submit)
+    check_submit(submit)
     mlflow_client = registry.settings_client(settings)
     checked: list[tuple[bytes, ApiCheck]] = []
 
@@ -259,10 +260,10 @@ def release(
         kind=kind,
         openapi=openapi,
     )
-    return _finish(spec, config, outdir, settings, echo, result, submit, api=api)
+    return hand_over(spec, config, outdir, settings, echo, result, submit, api=api)
 
 
-def _finish(
+def hand_over(
     spec: ReleaseSpec,
     config: ReleaseConfig,
     outdir: Path,
@@ -273,11 +274,17 @@ def _finish(
     *,
     api: ApiCheck | None = None,
 ) -> Handoff:
+    """Render `spec` into `outdir`, submit it when asked, record it in the ledger.
+
+    The last steps of every release: `release` after its build, a rollback (which builds
+    nothing) directly. `result` is the build, None when nothing was built.
+    """
     echo(f"Rendering the {spec.mode} release into {outdir}")
     files = render_release(spec, config, outdir)
-    submitted, note = _submit(files, submit)
+    submitted, note = submit_pipeline(files, submit)
     record = ledger.record_release(
-        registry.settings_client(settings), spec, files, artifact_root=_artifact_root(settings),
+        registry.settings_client(settings), spec, files,
+        artifact_root=settings.embedded_artifact_root,
         api_change=api.decision if api else None,
         api_diff=api.as_dict() if api and api.changes else None,
     )
@@ -285,28 +292,3 @@ def _finish(
     echo(f"Recorded release {record.short_id} ({spec.kind}{api_note}) in the ledger")
     return Handoff(result, spec, record, files, submitted, note, api)
 
-
-def _check_submit(submit: bool) -> None:
-    """Refuse --submit up front, before anything is built, when it cannot work."""
-    if submit and shutil.which("spin") is None:
-        raise ReleaseError(
-            "--submit needs the `spin` CLI on PATH, configured with your Spinnaker gate "
-            "(~/.spin/config). Without it, hand over the rendered files: "
-            "`spin pipeline save --file pipeline.json`."
-        )
-
-
-def _submit(files: dict[str, Path], submit: bool) -> tuple[bool, str]:
-    """Save the pipeline with `spin` when asked; otherwise the files are the handoff."""
-    import subprocess
-
-    if not submit:
-        return False, "not submitted (no --submit): the rendered files are the handoff"
-    pipeline_file = next(p for rel, p in files.items() if rel.endswith("pipeline.json"))
-    proc = subprocess.run(
-        ["spin", "pipeline", "save", "--file", str(pipeline_file)],
-        capture_output=True, text=True, check=False,
-    )
-    if proc.returncode != 0:
-        raise ReleaseError(f"`spin pipeline save` failed: {proc.stderr.strip() or proc.stdout}")
-    return True, "saved with `spin pipeline save`"

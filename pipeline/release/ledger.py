@@ -5,8 +5,13 @@ what was released (tags and params: kind, model versions, code version, image ta
 baseline by digest, the API guard's decision `api_change`) and, as artifacts, the rendered
 release files, the OpenAPI spec (`openapi.json`) and its diff against production
 (`openapi-diff.json`). The
-release id is the run id; any unique prefix of it works too. Hotfixes and rollbacks look up
-earlier releases here (`latest_successful`, `previous_successful`).
+release id is the run id; any unique prefix of it works too.
+
+The flows (pipeline/flows/) ask it every question about earlier releases: production is the
+newest succeeded release of the service (`latest_successful`); the release a rollback goes
+back to is `choose_previous` over the succeeded ones (`succeeded_releases`,
+`previous_successful`); `only_service` and `find_succeeded` find the service and the release of
+an image or tag.
 
 Works against any tracking URI: the embedded SQLite store or an `mlflow server`.
 """
@@ -19,8 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import ReleaseError
-from pipeline.release.documents import KINDS, ReleaseSpec
+from pipeline.errors import ConfigError, ReleaseError, map_exceptions
+from pipeline.release.spec import KINDS, ReleaseSpec
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -28,7 +33,7 @@ if TYPE_CHECKING:
 
 EXPERIMENT = "bentoship-releases"
 STATUSES = ("succeeded", "failed", "rendered")
-# What the API guard decided (pipeline/handoff.py): no change a caller can notice (or no
+# What the API guard decided (pipeline/release/handoff.py): no change a caller can notice (or no
 # production release to compare with), compatible changes only, a breaking change allowed
 # explicitly, or production recorded no spec to compare with.
 API_CHANGES = ("none", "compatible", "breaking-allowed", "unchecked")
@@ -135,10 +140,10 @@ def record_release(
         },
         **({"api_change": api_change} if api_change else {}),
     }
-    try:
+    with map_exceptions({"mlflow": (
+        ReleaseError, lambda exc: f"cannot record the release in {client.tracking_uri}: {exc}"
+    )}):
         run = client.create_run(experiment_id, run_name=f"{spec.name}:{spec.image_tag}")
-    except MlflowException as exc:
-        raise ReleaseError(f"cannot record the release in {client.tracking_uri}: {exc}") from exc
     run_id = run.info.run_id
     try:
         client.log_batch(
@@ -248,31 +253,90 @@ def latest_successful(
     return next(_successful(client, kinds=kinds, name=name), None)
 
 
-def previous_successful(
-    client: MlflowClient,
-    release_id: str | None = None,
-    *,
-    kinds: Sequence[str] = KINDS,
-    name: str | None = None,
-) -> ReleaseRecord | None:
-    """The newest succeeded release older than `release_id` (default: the latest succeeded).
+def succeeded_releases(client: MlflowClient, *, name: str | None = None) -> list[ReleaseRecord]:
+    """Every succeeded release (of one service when named), newest first."""
+    return list(_successful(client, kinds=KINDS, name=name))
 
-    This is what a rollback goes back to. Only releases of the same service count.
+
+def find_succeeded(
+    client: MlflowClient,
+    *,
+    name: str | None = None,
+    image: str | None = None,
+    image_tag: str | None = None,
+) -> ReleaseRecord | None:
+    """The newest succeeded release (of one service when named) of this image and/or tag."""
+    return next(
+        (
+            record
+            for record in _successful(client, kinds=KINDS, name=name)
+            if (image is None or record.image == image)
+            and (image_tag is None or record.image_tag == image_tag)
+        ),
+        None,
+    )
+
+
+def only_service(client: MlflowClient, name: str | None, what: str) -> str:
+    """`name`, or the one service the ledger has succeeded releases of.
+
+    `what` is the action asked for ("roll back", "hotfix"), for the messages: ReleaseError when
+    the ledger has no succeeded release, ConfigError when it has releases of several services.
+    """
+    if name is not None:
+        return name
+    names = sorted({r.name for r in _successful(client, kinds=KINDS, name=None)})
+    if not names:
+        raise ReleaseError(
+            f"nothing to {what}: the ledger at {client.tracking_uri} has no successful release "
+            "(`bentoship releases list` shows what is recorded)"
+        )
+    if len(names) > 1:
+        raise ConfigError(
+            f"the ledger has releases of several services ({', '.join(names)}): pass --name "
+            f"to say which one to {what}"
+        )
+    return names[0]
+
+
+def choose_previous(records: Sequence[ReleaseRecord]) -> ReleaseRecord | None:
+    """The release to go back to; `records` are one service's succeeded releases, newest first.
+
+    The newest one is production. Going back means the newest older release whose image differs
+    from production's and that no rollback moved away from (a rollback's baseline is the image
+    it replaced): rolling back twice goes further back instead of returning to the bad image.
+    """
+    if not records:
+        return None
+    production = records[0]
+    left_behind = {r.baseline for r in records if r.kind == "rollback" and r.baseline}
+    for record in records[1:]:
+        if record.image != production.image and record.image not in left_behind:
+            return record
+    return None
+
+
+def previous_successful(
+    client: MlflowClient, release_id: str | None = None, *, name: str | None = None
+) -> ReleaseRecord | None:
+    """The release a rollback from `release_id` (default: production) goes back to.
+
+    `choose_previous` over that release followed by the succeeded releases of its service that
+    are older than it; production is the newest succeeded release (of `name` when given).
     """
     reference = (
-        get_release(client, release_id)
-        if release_id
-        else latest_successful(client, kinds=KINDS, name=name)
+        get_release(client, release_id) if release_id else latest_successful(client, name=name)
     )
     if reference is None:
         return None
+    older: list[ReleaseRecord] = []
     seen = False  # runs come newest first: everything after the reference is older
     for record in _successful(client, kinds=KINDS, name=reference.name):
         if record.release_id == reference.release_id:
             seen = True
-        elif (seen or record.created < reference.created) and record.kind in kinds:
-            return record
-    return None
+        elif seen or record.created < reference.created:
+            older.append(record)
+    return choose_previous([reference, *older])
 
 
 def _successful(

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from pipeline.build.builder import BuildRequest
+from pipeline.build.plan import BuildRequest
 from pipeline.cli import cli
 from pipeline.config import Settings, parse_release_config
 from pipeline.models.registry import client_for, ensure_experiment, fluent_uris

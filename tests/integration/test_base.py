@@ -1,4 +1,4 @@
-"""The platform's base image, built by pipeline.base with a real Docker engine and registry."""
+"""The platform's base image, built by pipeline.build.base with a real Docker engine and registry."""
 
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def test_history_leaks_no_host_path_or_credentials(
     history = docker_client.api.history(base_image.image_id)
     config = docker_client.images.get(base_image.image_id).attrs["Config"]
     text = json.dumps([history, config])
-    checkout = str(Path(base.__file__).resolve().parents[1])
+    checkout = str(Path(base.__file__).resolve().parents[2])
     assert checkout not in text
     assert "/work" not in text
     assert not re.search(r"://[^/\s:@\"]+:[^/\s@\"]+@", text), "a URL with credentials"

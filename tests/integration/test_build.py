@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.build import smoke
-from pipeline.build.builder import BuildRequest, BuildResult, build
+from pipeline.build.builder import BuildResult, build
+from pipeline.build.plan import BuildRequest
 from pipeline.cli import cli
 from pipeline.config import Settings
 from pipeline.errors import PushError, SmokeTestError

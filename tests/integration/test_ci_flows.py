@@ -28,11 +28,11 @@ from cryptography.fernet import Fernet
 from mlflow import MlflowClient
 from mlflow.webhooks.delivery import _generate_hmac_signature
 
+from pipeline import flows
 from pipeline.build import oci
 from pipeline.cli import cli
 from pipeline.config import ReleaseConfig, load_settings
 from pipeline.errors import ArtifactError
-from pipeline.flows import flows
 from pipeline.models import demo
 from pipeline.models.integrity import DIGEST_TAG
 from pipeline.release import ledger

@@ -30,14 +30,8 @@ from click.testing import CliRunner
 from pipeline import identity
 from pipeline.build import bento, image, oci
 from pipeline.build.base import BaseImage, lock_pins
-from pipeline.build.builder import (
-    PROJECT_ROOT,
-    BuildRequest,
-    BuildResult,
-    build,
-    plan,
-    resolve_request,
-)
+from pipeline.build.builder import BuildResult, build
+from pipeline.build.plan import PROJECT_ROOT, BuildRequest, plan, resolve_request
 from pipeline.cli import cli
 from pipeline.config import Settings
 from pipeline.errors import ArtifactError, ConfigError, PushError

@@ -16,7 +16,8 @@ from pipeline.cli import cli
 from pipeline.config import ReleaseConfig
 from pipeline.errors import ReleaseError
 from pipeline.release import ledger
-from pipeline.release.documents import ReleaseSpec, render_release
+from pipeline.release.files import render_release
+from pipeline.release.spec import ReleaseSpec
 from tests.stores import running_mlflow_server
 
 REPO = "127.0.0.1:5000/demo-classifier"

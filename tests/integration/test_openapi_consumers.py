@@ -29,7 +29,8 @@ from click.testing import CliRunner
 
 from pipeline import identity
 from pipeline.build import smoke
-from pipeline.build.builder import BuildRequest, BuildResult, build
+from pipeline.build.builder import BuildResult, build
+from pipeline.build.plan import BuildRequest
 from pipeline.cli import cli
 from pipeline.config import Settings
 from pipeline.release import handoff

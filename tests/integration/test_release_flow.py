@@ -11,13 +11,13 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.build import smoke
-from pipeline.build.builder import BuildRequest
+from pipeline.build.plan import BuildRequest
 from pipeline.cli import cli
 from pipeline.config import Settings, parse_release_config
 from pipeline.errors import PushError
 from pipeline.models.registry import client_for
 from pipeline.release import handoff, ledger
-from pipeline.release.documents import CANARY_METRIC_NAMES
+from pipeline.release.kayenta import CANARY_METRIC_NAMES
 from tests.stores import store_settings, train_demo
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

@@ -1,4 +1,4 @@
-"""services/schema.py: what a caller sees for good and bad /predict bodies."""
+"""services/schema.py (and json_schema.py): what a caller sees for good and bad /predict bodies."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import pytest
 
 from services.config import ServiceConfig
 from services.errors import InvalidInputError, MalformedBodyError, ServiceError, TooManyRowsError
+from services.json_schema import row_schema
 from services.schema import (
     MAX_PROBLEMS,
     _checked,
     _fast_numeric,
     compile_schema,
     parse_body,
-    row_schema,
     validate,
 )
 

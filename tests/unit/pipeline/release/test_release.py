@@ -16,16 +16,16 @@ from click.testing import CliRunner
 from pipeline.cli import cli
 from pipeline.config import ReleaseConfig, load_release_config, parse_release_config
 from pipeline.errors import ConfigError, PipelineError, ReleaseError
-from pipeline.release.documents import (
+from pipeline.release.files import render_release
+from pipeline.release.kayenta import (
     CANARY_METRIC_LABELS,
     CANARY_METRIC_NAMES,
     CANARY_SERIES,
     SCOPE_LABELS,
-    ReleaseSpec,
-    render_release,
 )
+from pipeline.release.spec import ReleaseSpec
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[4]
 EXAMPLE = ROOT / "docs" / "example-release"
 K8S_VERSION = "1.31.0"  # a Kubernetes minor version kubernetes-validate bundles schemas for
 REPO = "127.0.0.1:5000/demo-classifier"

@@ -76,3 +76,12 @@ def test_demo_train_json_is_the_only_thing_on_stdout(tmp_path: Path) -> None:
     again = runner.invoke(cli, ["demo", "train", "--if-missing", "--output", "json"], env=env,
                           catch_exceptions=False)
     assert json.loads(again.stdout)["trained"] is False
+
+
+def test_base_without_an_engine_exits_1_and_prints_no_reference(tmp_path: Path) -> None:
+    # What ci/setup.sh captures: stdout carries the base image reference alone, or nothing.
+    env = {"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock", "BENTOSHIP_HOME": str(tmp_path)}
+    result = CliRunner().invoke(cli, ["base"], env=env)
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert "No Docker engine answers" in result.stderr

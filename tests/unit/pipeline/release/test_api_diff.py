@@ -18,9 +18,10 @@ from click.testing import CliRunner
 
 from pipeline.cli.openapi import openapi
 from pipeline.errors import PipelineError
-from pipeline.release.api_spec import Change, diff_specs, load_spec, validate_spec
+from pipeline.release.api_diff import Change, diff_specs
+from pipeline.release.api_spec import load_spec, validate_spec
 
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "openapi"
+FIXTURES = Path(__file__).parents[3] / "fixtures" / "openapi"
 V1 = FIXTURES / "service_v1.yaml"
 PREDICT = "POST /predict"
 REQ = f"{PREDICT} request"

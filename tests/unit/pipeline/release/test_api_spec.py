@@ -24,12 +24,13 @@ import yaml
 from click.testing import CliRunner
 from openapi_schema_validator import OAS30Validator
 
-from pipeline.build.builder import PROJECT_ROOT, BuildRequest, Plan, plan, resolve_request
+from pipeline.build.plan import PROJECT_ROOT, BuildRequest, Plan, plan, resolve_request
 from pipeline.cli import cli
 from pipeline.config import Settings
 from pipeline.identity import code_version, openapi_sha256
 from pipeline.models import registry
-from pipeline.release.api_spec import diff_specs, validate_spec
+from pipeline.release.api_diff import diff_specs
+from pipeline.release.api_spec import validate_spec
 from services.app import AppState, create_app
 from services.config import ServiceConfig
 from services.loading import LoadedModel

@@ -1,0 +1,160 @@
+"""What a build will make, decided before any side effect: the request, resolved and checked.
+
+`resolve_request` validates the options and resolves every model reference to an exact READY
+version, once (aliases move); `plan` downloads the artifacts, checks them against their
+manifests, checks that control and treatment share one API, refuses pickle unless allowed,
+resolves the requirements against the base image's lock and derives the service's
+configuration. Everything after a `Plan` (`builder.build`, `builder.serve`) is side effects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from pipeline import identity
+from pipeline.build import bento
+from pipeline.build.service import content_version, service_config, service_openapi
+from pipeline.config import Settings
+from pipeline.errors import ConfigError
+from pipeline.identity import CodeVersion, code_version
+from pipeline.models import integrity, registry
+from pipeline.models.requirements import (
+    ResolvedRequirements,
+    read_requirements,
+    resolve_requirements,
+)
+from pipeline.progress import Echo
+
+PROJECT_ROOT = bento.SERVICES_DIR.parent
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """What to build: model references (aliases allowed), traffic split and service options."""
+
+    control: str
+    treatment: str | None = None
+    name: str | None = None
+    treatment_weight: int | None = None  # percent of traffic; default 10 with a treatment
+    push: bool = False
+    smoke_test: bool = True
+    allow_pickle: bool = False
+    max_rows: int = 1000
+    threshold: float = 0.5
+    salt: str | None = None
+    ready_timeout_s: float = 120.0
+    # Build from this copy of the service template instead of the checkout's services/ (tests,
+    # benchmarks); its code version is then a hash of its content, `src-<hash7>`.
+    services_dir: Path | None = None
+
+
+def _validate_request(req: BuildRequest) -> tuple[int, int]:
+    if req.treatment is None and req.treatment_weight is not None:
+        raise ConfigError("--treatment-weight needs --treatment: a single model gets all traffic")
+    weight = 10 if req.treatment_weight is None else req.treatment_weight
+    if req.treatment is not None and not 0 <= weight <= 100:
+        raise ConfigError(f"--treatment-weight must be between 0 and 100, got {weight}")
+    if req.name is not None and not _NAME.match(req.name):
+        raise ConfigError(
+            f"--name {req.name!r} must be lower-case letters, digits and '-', at most 63 "
+            "characters (it becomes the image repository and the Kubernetes name)"
+        )
+    if not 1 <= req.max_rows <= 100_000:
+        raise ConfigError(f"--max-rows must be between 1 and 100000, got {req.max_rows}")
+    return (100, 0) if req.treatment is None else (100 - weight, weight)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The request with every model reference resolved to an exact version (no side effects)."""
+
+    request: BuildRequest
+    weights: tuple[int, int]
+    versions: dict[str, registry.ModelVersion]
+    code: CodeVersion
+    name: str
+    tag: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything checked and derived; what follows are the side effects."""
+
+    resolved: Resolved
+    infos: list[bento.ModelInfo]
+    requirements: ResolvedRequirements
+    config: dict[str, Any]
+    config_sha256: str
+
+    @property
+    def models(self) -> dict[str, dict[str, str]]:
+        return {i.variant: {"name": i.version.name, "version": i.version.version,
+                            "run_id": i.version.run_id} for i in self.infos}
+
+    @cached_property
+    def openapi(self) -> dict[str, Any]:
+        """The OpenAPI document the service will serve (`services/openapi.py` on the config)."""
+        return service_openapi(self.config, self.resolved.request.services_dir)
+
+
+def resolve_request(req: BuildRequest, settings: Settings, echo: Echo) -> Resolved:
+    """Validate options and resolve aliases to exact READY versions, once."""
+    weights = _validate_request(req)
+    refs = {"control": registry.parse_ref(req.control)}
+    if req.treatment is not None:
+        refs["treatment"] = registry.parse_ref(req.treatment)
+    echo("Resolving model versions")
+    client = registry.settings_client(settings)
+    versions = {variant: registry.resolve(client, ref) for variant, ref in refs.items()}
+    for variant, mv in versions.items():
+        via = f" (from {mv.requested_as})" if mv.requested_as != str(mv) else ""
+        echo(f"  {variant}: {mv}{via}, run {mv.run_id[:8]}")
+    code = (code_version(PROJECT_ROOT) if req.services_dir is None
+            else content_version(req.services_dir))
+    name = req.name or bento.service_name(versions["control"].name)
+    if not _NAME.match(name):
+        raise ConfigError(f"cannot use {name!r} as the service name: pass --name")
+    tag = identity.image_tag(
+        versions["control"].version,
+        versions["treatment"].version if "treatment" in versions else None,
+        code.label,
+    )
+    return Resolved(req, weights, versions, code, name, tag)
+
+
+def plan(resolved: Resolved, settings: Settings, work: Path, echo: Echo) -> Plan:
+    """Download and verify the artifacts into `work`, check signatures and requirements."""
+    from pipeline.build.base import lock_pins
+
+    req = resolved.request
+    client = registry.settings_client(settings)
+    echo("Downloading and verifying artifacts")
+    infos = []
+    for variant, mv in resolved.versions.items():
+        path = registry.download(client, mv, work / "mlflow" / variant)
+        manifest = integrity.verify_or_record(client, mv, path)
+        infos.append(bento.inspect_model(variant, mv, path, manifest))
+    bento.check_compatible(infos)
+    needs_pyfunc = any(i.flavor not in bento.NATIVE_FLAVORS for i in infos)
+    if needs_pyfunc and not req.allow_pickle:
+        which = ", ".join(str(i.version) for i in infos if i.flavor not in bento.NATIVE_FLAVORS)
+        raise ConfigError(
+            f"{which} can only be loaded through mlflow.pyfunc, which unpickles code. "
+            "Pickle loading is refused by default; pass --allow-pickle if you trust it."
+        )
+    requirements = resolve_requirements(
+        [read_requirements(str(i.version), i.path) for i in infos],
+        lock_pins(),
+        needs_pyfunc=needs_pyfunc,
+    )
+    config = service_config(req, resolved.name, resolved.tag, resolved.code.label, infos,
+                            resolved.weights)
+    config_sha = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    return Plan(resolved, infos, requirements, config, config_sha)

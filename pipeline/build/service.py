@@ -1,0 +1,103 @@
+"""The service an image serves: its configuration, its OpenAPI document, the version of its code.
+
+`service_config` derives `services/bentoship.json` (contract 2) from the request and the models'
+signatures; `service_openapi` is the document the service will serve at `/docs.json`, built by
+the template's own `openapi.py`. A copy of the template outside the checkout (tests, benchmarks)
+has no git commit, so `content_version` names its code by a hash of its files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.build.bento import TEMPLATE_IGNORE, ModelInfo
+from pipeline.errors import ConfigError
+from pipeline.identity import CodeVersion
+
+if TYPE_CHECKING:
+    from pipeline.build.plan import BuildRequest
+
+
+def service_config(
+    req: BuildRequest, name: str, tag: str, code_label: str,
+    infos: list[ModelInfo], weights: tuple[int, int],
+) -> dict[str, Any]:
+    """The service's configuration (`services.config.ServiceConfig`, contract 2), as a dict."""
+    first = infos[0].example_rows[0] if infos[0].example_rows else {}
+    return {
+        "name": name,
+        "code_version": code_label,
+        "image_tag": tag,
+        "features": [{**f, "example": first.get(f["name"])} for f in infos[0].features],
+        "variants": [
+            {
+                "name": info.variant,
+                "model_tag": info.bento_tag,
+                "registered_name": info.version.name,
+                "version": info.version.version,
+                "run_id": info.version.run_id,
+                "flavor": info.flavor,
+                "weight": weight,
+            }
+            for info, weight in zip(infos, weights)
+        ],
+        "routing": {
+            "salt": req.salt or name,
+            "key_field": "request_id",
+            "key_header": "x-bentoship-key",
+            "override_header": "x-bentoship-variant",
+        },
+        "max_rows": req.max_rows,
+        "allow_pickle": req.allow_pickle,
+        "threshold": req.threshold,
+    }
+
+
+_SPEC_SCRIPT = """
+import json, sys
+from services.config import ServiceConfig
+from services.openapi import build_spec
+print(json.dumps(build_spec(ServiceConfig.model_validate_json(sys.stdin.read()))))
+"""
+
+
+def service_openapi(config: dict[str, Any], services_dir: Path | None) -> dict[str, Any]:
+    """`services.openapi.build_spec` of the service template the image is built from."""
+    from services.config import ServiceConfig
+    from services.openapi import build_spec
+
+    validated = ServiceConfig.model_validate(config)
+    if services_dir is None:
+        return build_spec(validated)
+    # Another copy of the template: its own openapi.py decides, imported as `services`.
+    with tempfile.TemporaryDirectory(prefix="bentoship-spec-") as tmp:
+        (Path(tmp) / "services").symlink_to(services_dir.resolve(), target_is_directory=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", _SPEC_SCRIPT], input=validated.model_dump_json(), cwd=tmp,
+            env={**os.environ, "PYTHONPATH": tmp}, capture_output=True, text=True, check=False,
+        )
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-10:])
+        raise ConfigError(f"{services_dir}/openapi.py cannot build the service's spec (exit "
+                          f"{proc.returncode}):\n{tail}")
+    return dict(json.loads(proc.stdout))
+
+
+def content_version(services_dir: Path) -> CodeVersion:
+    """The code version of a service template outside the checkout: a hash of its files."""
+    if not (services_dir / "service.py").is_file():
+        raise ConfigError(f"{services_dir} holds no service.py: it is not a copy of services/")
+    digest = hashlib.sha256()
+    for path in sorted(p for p in services_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(services_dir)
+        if TEMPLATE_IGNORE(str(path.parent), [path.name]) or "__pycache__" in rel.parts:
+            continue
+        digest.update(rel.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return CodeVersion(sha="", dirty=False, label=f"src-{digest.hexdigest()[:7]}")

@@ -1,0 +1,261 @@
+"""The webhook receiver over HTTP on loopback, deliveries signed with MLflow's own code.
+
+Deliveries are signed with MLflow's `_generate_hmac_signature` (MLflow has no public
+equivalent); the receiver runs a real HTTP server on loopback. What needs images, a registry and
+an `mlflow server` is in tests/integration/test_ci_flows.py and tests/e2e/test_story.py.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.webhooks.delivery import _generate_hmac_signature
+
+from pipeline.config import CiConfig, ReleaseConfig, load_settings
+from pipeline.errors import ConfigError
+from pipeline.flows.receiver import (
+    DeliveryJournal,
+    Outcome,
+    Receiver,
+    event_filter,
+    webhook_receiver,
+)
+from pipeline.flows.webhook import RegistryEvent
+from tests.stores import free_port
+from tests.unit.pipeline.flows.support import invoke
+
+SECRET = "unit-test-webhook-secret"
+
+
+def body(event: str = "model_version.created", **data: Any) -> bytes:
+    entity, action = event.rsplit(".", 1)
+    payload = {"entity": entity, "action": action,
+               "timestamp": datetime.now(UTC).isoformat(),
+               "data": {"name": "demo-classifier", "version": "3", **data}}
+    return json.dumps(payload).encode()
+
+
+def post(url: str, payload: bytes, *, secret: str = SECRET, delivery_id: str | None = None,
+         timestamp: int | None = None) -> tuple[int, dict[str, Any]]:
+    delivery_id = delivery_id or str(uuid.uuid4())
+    stamp = str(timestamp if timestamp is not None else int(time.time()))
+    headers = {
+        "Content-Type": "application/json",
+        "X-MLflow-Delivery-Id": delivery_id,
+        "X-MLflow-Timestamp": stamp,
+        "X-MLflow-Signature": _generate_hmac_signature(secret, delivery_id, stamp,
+                                                       payload.decode()),
+    }
+    request = urllib.request.Request(f"{url}/webhook", data=payload, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+class Recorder:
+    """The release worker's handler, standing in for `flows.on_model_registered`."""
+
+    def __init__(self) -> None:
+        self.events: list[RegistryEvent] = []
+        self.called = threading.Event()
+
+    def __call__(self, event: RegistryEvent) -> Outcome:
+        self.events.append(event)
+        self.called.set()
+        return Outcome("released", f"released {event.model_name}/{event.version}", "run-1")
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[tuple[Receiver, Recorder]]:
+    recorder = Recorder()
+    running = Receiver(SECRET, DeliveryJournal(tmp_path / "deliveries.jsonl"), recorder,
+                       ignore=event_filter((), ("challenger",)))
+    running.start()
+    try:
+        yield running, recorder
+    finally:
+        running.stop(timeout_s=10)
+
+
+def test_a_signed_new_version_is_accepted_at_once_and_released_by_the_worker(
+    receiver: tuple[Receiver, Recorder]
+) -> None:
+    running, recorder = receiver
+    code, answer = post(running.url, body(), delivery_id="d-1")
+    assert code == 202
+    assert answer == {"status": "accepted", "delivery_id": "d-1", "model": "demo-classifier",
+                      "version": "3", "status_url": "/deliveries/d-1"}
+    assert recorder.called.wait(10)
+    assert [(e.model_name, e.version, e.delivery_id) for e in recorder.events] == [
+        ("demo-classifier", "3", "d-1")
+    ]
+    deadline = time.monotonic() + 10
+    while (running.journal.get("d-1") or {}).get("status") != "released":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with urllib.request.urlopen(f"{running.url}/deliveries/d-1", timeout=5) as response:
+        assert json.loads(response.read())["release_id"] == "run-1"
+
+
+def test_a_bad_signature_is_401_with_a_json_error_and_nothing_runs(
+    receiver: tuple[Receiver, Recorder]
+) -> None:
+    running, recorder = receiver
+    code, answer = post(running.url, body(), secret="not-our-secret")
+    assert code == 401
+    assert answer["error"] == "bad_signature"
+    assert answer["detail"].startswith("bad signature")
+    stale = post(running.url, body(), timestamp=int(time.time()) - 3600)
+    assert stale[0] == 401 and stale[1]["error"] == "stale_timestamp"
+    assert running.counts["rejected"] == 2
+    time.sleep(0.2)
+    assert recorder.events == []
+    assert not running.journal.path.exists()
+
+
+def test_unsigned_and_malformed_requests_are_refused(receiver: tuple[Receiver, Recorder]) -> None:
+    running, recorder = receiver
+    request = urllib.request.Request(f"{running.url}/webhook", data=b"{}",
+                                     headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as excinfo:
+        urllib.request.urlopen(request, timeout=5)
+    assert excinfo.value.code == 401
+    assert json.loads(excinfo.value.read())["error"] == "missing_header"
+    code, answer = post(running.url, b"[1, 2]")
+    assert (code, answer["error"]) == (400, "malformed_body")
+    code, answer = post(running.url.replace("/webhook", "") + "/other", body())
+    assert code == 404
+    assert recorder.events == []
+
+
+@pytest.mark.parametrize(
+    ("payload", "detail"),
+    [
+        (body("model_version_tag.set", key="k", value="v"),
+         "model_version_tag.set events do not start a release"),
+        (body("registered_model.created"),
+         "registered_model.created events do not start a release"),
+        (body("model_version_alias.deleted", alias="champion"),
+         "a deleted alias does not start a release"),
+        (body("model_version_alias.created", alias="champion"),
+         "alias @champion is not in [ci] alias_events (challenger)"),
+    ],
+)
+def test_other_events_are_acknowledged_and_ignored(
+    receiver: tuple[Receiver, Recorder], payload: bytes, detail: str
+) -> None:
+    running, recorder = receiver
+    code, answer = post(running.url, payload)
+    assert (code, answer) == (200, {"status": "ignored", "detail": detail})
+    time.sleep(0.2)
+    assert recorder.events == []
+
+
+def test_a_configured_alias_starts_a_release(receiver: tuple[Receiver, Recorder]) -> None:
+    running, recorder = receiver
+    code, _ = post(running.url, body("model_version_alias.created", alias="challenger"))
+    assert code == 202
+    assert recorder.called.wait(10)
+    assert recorder.events[0].alias == "challenger"
+
+
+def test_a_repeated_delivery_is_a_duplicate_even_after_a_restart(tmp_path: Path) -> None:
+    journal = tmp_path / "deliveries.jsonl"
+    first = Recorder()
+    running = Receiver(SECRET, DeliveryJournal(journal), first)
+    running.start()
+    try:
+        assert post(running.url, body(), delivery_id="d-7")[0] == 202
+        assert first.called.wait(10)
+        code, answer = post(running.url, body(), delivery_id="d-7")
+        assert (code, answer["status"]) == (200, "duplicate")
+    finally:
+        running.stop(timeout_s=10)
+    second = Recorder()
+    again = Receiver(SECRET, DeliveryJournal(journal), second)
+    again.start()
+    try:
+        code, answer = post(again.url, body(), delivery_id="d-7")
+        assert (code, answer["status"]) == (200, "duplicate")
+        time.sleep(0.2)
+        assert second.events == [] and len(first.events) == 1
+    finally:
+        again.stop(timeout_s=10)
+
+
+def test_deliveries_accepted_but_not_finished_resume_at_start(tmp_path: Path) -> None:
+    journal = tmp_path / "deliveries.jsonl"
+    event = RegistryEvent("model_version.created", "demo-classifier", "4", None, "d-9", None)
+    journal.write_text(json.dumps({"delivery_id": "d-9", "status": "accepted",
+                                   "event": event.__dict__}) + "\n")
+    recorder = Recorder()
+    running = Receiver(SECRET, DeliveryJournal(journal), recorder)
+    running.start()
+    try:
+        assert recorder.called.wait(10)
+        assert recorder.events == [event]
+    finally:
+        running.stop(timeout_s=10)
+
+
+def test_the_receiver_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="BENTOSHIP_WEBHOOK_SECRET is not set"):
+        Receiver("", DeliveryJournal(tmp_path / "j.jsonl"), Recorder())
+
+
+def test_a_failing_release_is_journaled_and_the_worker_goes_on(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    def handle(event: RegistryEvent) -> Outcome:
+        seen.append(str(event.version))
+        if event.version == "3":
+            raise ConfigError("cannot release version 3")
+        return Outcome("skipped", "fine")
+
+    running = Receiver(SECRET, DeliveryJournal(tmp_path / "j.jsonl"), handle)
+    running.start()
+    try:
+        post(running.url, body(), delivery_id="bad")
+        post(running.url, body(version="4"), delivery_id="good")
+        deadline = time.monotonic() + 10
+        while (running.journal.get("good") or {}).get("status") != "skipped":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert running.journal.get("bad")["status"] == "failed"  # type: ignore[index]
+        assert running.journal.get("bad")["detail"] == "cannot release version 3"  # type: ignore[index]
+        assert seen == ["3", "4"]
+    finally:
+        running.stop(timeout_s=10)
+
+
+def test_the_webhook_receiver_is_made_from_settings_and_the_ci_table(tmp_path: Path) -> None:
+    settings = load_settings({"BENTOSHIP_HOME": str(tmp_path / "home"),
+                              "BENTOSHIP_WEBHOOK_SECRET": SECRET})
+    made = webhook_receiver(settings, ReleaseConfig(), CiConfig(models=("demo-classifier",)),
+                            port=free_port(), tolerance_s=60)
+    try:
+        assert made.secret == SECRET and made.tolerance_s == 60
+        assert made.journal.path == settings.webhook_dir / "deliveries.jsonl"
+        other = RegistryEvent("model_version.created", "other-model", "1", None, "d-1", None)
+        assert made.ignore(other) == "other-model is not among the models [ci] follows"
+    finally:
+        made.server.server_close()  # never started: nothing to shut down
+
+
+def test_ci_webhook_without_a_secret_exits_1_and_says_what_to_set(tmp_path: Path) -> None:
+    result = invoke(["ci", "webhook", "--port", str(free_port())], tmp_path,
+                     BENTOSHIP_WEBHOOK_SECRET="")
+    assert result.exit_code == 1
+    assert "BENTOSHIP_WEBHOOK_SECRET is not set" in result.output
