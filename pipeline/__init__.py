@@ -32,8 +32,10 @@ _EXPORTS = {
     "load_settings": ("pipeline.config", "load_settings"),
     "ReleaseConfig": ("pipeline.config", "ReleaseConfig"),
     "CiConfig": ("pipeline.config", "CiConfig"),
+    "BuildConfig": ("pipeline.config", "BuildConfig"),
     "load_release_config": ("pipeline.config", "load_release_config"),
     "load_ci_config": ("pipeline.config", "load_ci_config"),
+    "load_build_config": ("pipeline.config", "load_build_config"),
     "PipelineError": ("pipeline.errors", "PipelineError"),
     # the image identity contract
     "ImageIdentity": ("pipeline.identity", "ImageIdentity"),
@@ -58,6 +60,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "BuildConfig",
     "BuildRequest",
     "BuildResult",
     "CiConfig",
@@ -71,6 +74,7 @@ __all__ = [
     "code_version",
     "ensure_base_image",
     "image_tag",
+    "load_build_config",
     "load_ci_config",
     "load_release_config",
     "load_settings",

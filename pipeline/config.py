@@ -17,6 +17,7 @@ bentoship.toml holds one table per concern, each a frozen pydantic model with `e
 
     [release]   ReleaseConfig   the Kubernetes manifests, the canary analysis, the pipeline
     [ci]        CiConfig        what the CI flows release and how
+    [build]     BuildConfig     which of the models' requirements the image leaves out
 
 Every error names the file, the key and what is allowed (`_problems`, the one formatter).
 (The service's own `bentoship.json` is validated inside the image by `services/config.py`.)
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from packaging.utils import canonicalize_name
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.errors import ConfigError
@@ -46,6 +48,7 @@ _MEMORY = re.compile(r"^\d+(Ki|Mi|Gi|Ti)?$")
 _ISO_MINUTES = re.compile(r"^PT(?:(\d+)H)?(?:(\d+)M)?$")
 _ACCOUNT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _PIPELINE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}$")
+_PACKAGE = re.compile(r"^([A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9])$")  # PEP 508 name
 
 
 # --- the environment ------------------------------------------------------------------------------
@@ -316,6 +319,37 @@ class CiConfig(_Model):
     """The lifetime of that short canary analysis."""
 
 
+# --- bentoship.toml [build] ----------------------------------------------------------------------
+
+
+def _package_names(names: tuple[str, ...]) -> tuple[str, ...]:
+    for name in names:
+        if not _PACKAGE.match(name):
+            raise ValueError(f"{name!r} is not a package name: use a distribution name such as "
+                             "'pytest', without a version")
+    return tuple(canonicalize_name(name) for name in names)
+
+
+PackageNames = Annotated[tuple[str, ...], AfterValidator(_package_names)]
+
+
+class BuildConfig(_Model):
+    """The `[build]` table of bentoship.toml; every field has a default."""
+
+    keep_requirements: PackageNames = ()
+    """Packages of the models' requirements.txt to install even though they are on the default
+    list of tools never needed at run time (pipeline.models.requirements.DEV_ONLY)."""
+    drop_requirements: PackageNames = ()
+    """Further packages of the models' requirements.txt not to install."""
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> BuildConfig:
+        both = sorted(set(self.keep_requirements) & set(self.drop_requirements))
+        if both:
+            raise ValueError(f"{', '.join(both)} cannot be in both keep_requirements and "
+                             "drop_requirements")
+        return self
+
 
 # --- reading and validating -----------------------------------------------------------------------
 
@@ -373,6 +407,14 @@ def load_release_config(path: Path | None) -> ReleaseConfig:
     if path is None:
         return ReleaseConfig()
     return parse_release_config(read_table(path, "release"), source=str(path))
+
+
+def load_build_config(path: Path | None) -> BuildConfig:
+    """Read the `[build]` table of a TOML file; no file (None) or no table means the defaults."""
+    if path is None:
+        return BuildConfig()
+    config: BuildConfig = _validate(BuildConfig, read_table(path, "build"), "build", str(path))
+    return config
 
 
 def load_ci_config(path: Path | None) -> CiConfig:

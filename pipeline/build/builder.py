@@ -2,10 +2,12 @@
 
 Everything that can be checked is checked before the first side effect (`plan.py`): references
 parse, the Docker engine answers, versions resolve (aliases once), artifacts download and match
-their manifests, signatures agree, requirements do not conflict. Only then are models imported, the
-Bento built, the image built, smoke-tested, tagged and pushed. A failing step leaves no tag
-behind: the image is tagged only after the smoke test passed. With --push, a registry that does
-not answer fails the build before anything is built.
+their manifests, signatures agree, requirements do not conflict. Then every model is loaded and
+scored by the service's own code in a child process (`loadcheck.py`), so a model the image could
+not load fails in seconds. Only then are models imported, the Bento built, the image built,
+smoke-tested, tagged and pushed. A failing step leaves no tag behind: the image is tagged only
+after the smoke test passed. With --push, a registry that does not answer fails the build before
+anything is built.
 
 The same model versions, code and base again find the existing image, locally or in the
 registry (pulled by digest then), and say so instead of rebuilding.
@@ -13,15 +15,16 @@ registry (pulled by digest then), and say so instead of rebuilding.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline import identity
-from pipeline.build import bento, extras, image, oci, smoke, transfer
+from pipeline.build import bento, extras, image, loadcheck, oci, smoke, transfer
 from pipeline.build.plan import PROJECT_ROOT, BuildRequest, Plan, plan, resolve_request
 from pipeline.config import Settings
 from pipeline.errors import DockerError, PushError, map_exceptions
@@ -46,6 +49,8 @@ class BuildResult:
     reused_from: str | None = None  # "local" or "registry" when reused
     layer_sizes: dict[str, int] = field(default_factory=dict)  # base, extras, models, code
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step of the build
+    # the models' requirements not installed: package, requirement, model, reason
+    dropped_requirements: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def reference(self) -> str:
@@ -72,6 +77,7 @@ class BuildResult:
             "smoke_test_rows": self.example_rows_out,
             "seconds": round(self.seconds, 1),
             "phases": {k: round(v, 2) for k, v in self.phases.items()},
+            "dropped_requirements": self.dropped_requirements,
         }
 
 
@@ -147,13 +153,18 @@ def build(
                                  int(existing.attrs.get("Size", 0)), p.models, reused=True,
                                  digest=digest, example_rows_in=examples, reused_from=where)
         else:
+            # The service's own loader on every model, before anything slow: seconds, not the
+            # smoke test's readiness deadline.
+            progress("Loading the models with the service's code")
+            context = bento.write_context(p.config, work / "bento-context", req.services_dir)
+            loadcheck.check_models(infos, context, echo=lambda m: progress(f"  {m}"))
+            phases.done("loadcheck")
             prepared = None
             if p.requirements.extras:
                 prepared = extras.prepare_extras(p.requirements.extras, lock_pins(),
                                                  work / "extras", settings, progress)
                 phases.done("wheels")
             progress("Building the Bento")
-            context = bento.write_context(p.config, work / "bento-context", req.services_dir)
             bento_dir = bento.make_bento(infos, context, name, tag, {"bentoship.tag": tag},
                                          settings.bentoml_home, echo=lambda m: progress(f"  {m}"))
             phases.done("bento")
@@ -177,6 +188,7 @@ def build(
                                  example_rows_in=examples, example_rows_out=rows_out)
 
     result.layer_sizes = image.group_sizes(image.layers(client, result.image_id))
+    result.dropped_requirements = [d.as_dict() for d in p.requirements.dropped]
     if req.push and where != "registry":
         result.digest = transfer.push(client, repository, tag, progress)
         phases.done("push")
@@ -186,27 +198,98 @@ def build(
 
 
 def serve(req: BuildRequest, settings: Settings, port: int, echo: Echo) -> int:
-    """Run the same service locally without Docker (`bentoml serve` of the built Bento)."""
+    """Run the same service locally without Docker (`bentoml serve` of the built Bento).
+
+    The exported Bento folder (with its models) lives in a temporary directory for as long as
+    the server runs and is removed when it stops: on its own, on Ctrl-C or on SIGTERM (both
+    forwarded to the server). Returns the server's exit code (128 + N when signal N ended it).
+    """
     import os
-    import subprocess
     import sys
 
     resolved = resolve_request(req, settings, echo)
-    with tempfile.TemporaryDirectory(prefix="bentoship-serve-") as tmp:
+    with _sigterm_exits(), tempfile.TemporaryDirectory(prefix="bentoship-serve-") as tmp:
         work = Path(tmp)
         p = plan(resolved, settings, work, echo)
         echo("Building the Bento")
-        context = bento.write_context(p.config, work / "bento-context")
+        context = bento.write_context(p.config, work / "bento-context", req.services_dir)
         bento_dir = bento.make_bento(p.infos, context, resolved.name, resolved.tag,
                                      {"bentoship.tag": resolved.tag}, settings.bentoml_home,
                                      echo=lambda m: echo(f"  {m}"))
-    echo(f"Serving {resolved.name}:{resolved.tag} on http://127.0.0.1:{port} (Ctrl-C stops)")
-    env = {**os.environ, "BENTOML_HOME": str(settings.bentoml_home), "BENTOML_DO_NOT_TRACK": "true"}
-    bentoml_cli = Path(sys.executable).with_name("bentoml")
-    return subprocess.call(
-        [str(bentoml_cli), "serve", str(bento_dir), "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-    )
+        echo(f"Serving {resolved.name}:{resolved.tag} from {bento_dir} on "
+             f"http://127.0.0.1:{port} (Ctrl-C stops)")
+        env = {**os.environ, "BENTOML_HOME": str(settings.bentoml_home),
+               "BENTOML_DO_NOT_TRACK": "true"}
+        bentoml_cli = Path(sys.executable).with_name("bentoml")
+        code = _foreground(
+            [str(bentoml_cli), "serve", str(bento_dir), "--host", "127.0.0.1", "--port", str(port)],
+            env,
+        )
+    echo(f"Server stopped (exit code {code}); removed {work}")
+    return code
+
+
+@contextlib.contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """SIGTERM ends this process as Ctrl-C does: through `finally` blocks and context managers."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # signals are the main's
+        yield
+        return
+
+    def exit_(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, exit_)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _foreground(command: list[str], env: dict[str, str], grace_s: float = 20.0) -> int:
+    """Run `command` until it exits; SIGINT and SIGTERM to this process are forwarded to it.
+
+    The child runs in its own process group, so a terminal's Ctrl-C reaches it once (from
+    here), and the signal goes to the whole group (BentoML's workers too). A group that has not
+    exited `grace_s` after the first signal is killed. Its output goes to stderr, with the
+    progress: it is a log, not a result.
+    """
+    import os
+    import signal
+    import subprocess
+    import threading
+
+    child = subprocess.Popen(command, env=env, process_group=0, stdout=2)
+    stopping: list[float] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        stopping.append(time.monotonic())
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signum)
+
+    handled = (signal.SIGINT, signal.SIGTERM)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, forward) for s in handled} if in_main else {}
+    try:
+        while True:
+            try:
+                code = child.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if stopping and time.monotonic() - stopping[0] > grace_s:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(child.pid, signal.SIGKILL)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        # Never leave a server or an orphaned worker of its group behind.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+    return 128 - code if code < 0 else code
 
 
 def _existing(

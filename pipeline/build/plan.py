@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from typing import Any
 from pipeline import identity
 from pipeline.build import bento
 from pipeline.build.service import content_version, service_config, service_openapi
-from pipeline.config import Settings
+from pipeline.config import BuildConfig, Settings
 from pipeline.errors import ConfigError
 from pipeline.identity import CodeVersion, code_version
 from pipeline.models import integrity, registry
@@ -53,6 +53,8 @@ class BuildRequest:
     # Build from this copy of the service template instead of the checkout's services/ (tests,
     # benchmarks); its code version is then a hash of its content, `src-<hash7>`.
     services_dir: Path | None = None
+    # The `[build]` table of bentoship.toml: which of the models' requirements are left out.
+    build_config: BuildConfig = field(default_factory=BuildConfig)
 
 
 def _validate_request(req: BuildRequest) -> tuple[int, int]:
@@ -153,7 +155,11 @@ def plan(resolved: Resolved, settings: Settings, work: Path, echo: Echo) -> Plan
         [read_requirements(str(i.version), i.path) for i in infos],
         lock_pins(),
         needs_pyfunc=needs_pyfunc,
+        keep=req.build_config.keep_requirements,
+        drop=req.build_config.drop_requirements,
     )
+    for dropped in requirements.dropped:
+        echo(f"  {dropped.note}")
     config = service_config(req, resolved.name, resolved.tag, resolved.code.label, infos,
                             resolved.weights)
     config_sha = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()

@@ -7,6 +7,7 @@ which leaves the container running for a human.
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +24,21 @@ SCRATCH = {
     "/tmp": "rw,size=256m,mode=1777",
     BENTOML_HOME: f"rw,size=64m,uid={UID},gid={UID},mode=0700",
 }
+
+
+# What BentoML 1.4 logs when a service worker dies while starting; it then starts a new worker, so
+# the container stays up and is never ready. Only the log text is read:
+# - "Initializing service error": `_bentoml_sdk/service/factory.py`, `Service.__call__`, when the
+#   service class's `__init__` raises (a model that does not load);
+# - "Application startup failed. Exiting.": uvicorn's lifespan (`uvicorn/lifespan/on.py`) when the
+#   ASGI startup in which `_bentoml_impl/server/app.py` creates the service instance fails; the
+#   worker (`_bentoml_impl/worker/service.py`) then exits and circus restarts it.
+# Both go through BentoML's server log format, `<time> [ERROR] [<component>] <message>`.
+WORKER_FAILED = re.compile(
+    r"\[ERROR\] \[[^\]]*\] (Initializing service error|Application startup failed\. Exiting\.)"
+)
+# The last line of a Python traceback: `package.module.SomeError: message`, not indented.
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*: .+$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,7 @@ def start(
                     f"the container exited (code {container.attrs['State']['ExitCode']}) before "
                     f"it became ready. Last log lines:\n{_tail(container)}"
                 )
+            _refuse_failed_worker(container, time.monotonic() - started)
             # A probe may block until the server listens, so it gets only the time that is left,
             # and readiness reported after the deadline still misses it.
             remaining = deadline_s - (time.monotonic() - started)
@@ -87,6 +104,25 @@ def start(
     except BaseException:
         stop(container)
         raise
+
+
+def _refuse_failed_worker(container: Any, elapsed_s: float) -> None:
+    """Raise if the container's log says a service worker failed to start (see WORKER_FAILED)."""
+    try:
+        log = str(container.logs().decode(errors="replace"))
+    except Exception:  # noqa: BLE001 - the log is a hint; readiness and exit are still watched
+        return
+    failed = WORKER_FAILED.search(log)
+    if failed is None:
+        return
+    causes = _EXCEPTION_LINE.findall(log)
+    cause = f" The error: {causes[-1]}" if causes else ""
+    tail = "\n".join(log.rstrip().splitlines()[-30:])
+    raise SmokeTestError(
+        f"the service's worker failed to start after {elapsed_s:.0f}s (BentoML logged "
+        f"{failed.group(1)!r}) and BentoML restarts it, so the container would never become "
+        f"ready.{cause}\nLast log lines:\n{tail}"
+    )
 
 
 def predict(url: str, rows: Sequence[dict[str, Any]], timeout_s: float = 30.0) -> dict[str, Any]:

@@ -91,11 +91,14 @@ def demo_train(if_missing: bool, output: str) -> None:
 @click.option("--services-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               hidden=True, help="Build from this copy of services/ (tests and benchmarks); its "
               "code version is then a hash of its content, src-<hash7>.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML file whose [build] table sets keep_requirements / drop_requirements. "
+              "[default: ./bentoship.toml if present]")
 @output_option
 @quiet_option
 def build(control: str, treatment: str | None, treatment_weight: int | None, name: str | None,
           push: bool, allow_pickle: bool, max_rows: int, threshold: float, ready_timeout: float,
-          services_dir: Path | None, output: str, quiet: bool) -> None:
+          services_dir: Path | None, config_file: Path | None, output: str, quiet: bool) -> None:
     """Build a smoke-tested Docker image serving registry model versions.
 
     \b
@@ -103,7 +106,9 @@ def build(control: str, treatment: str | None, treatment_weight: int | None, nam
     the image with the Docker SDK (hermetic: no network during the build), starts it, posts
     the model's input example and only then tags it:
         <registry>/<name>:ctl-v<N>[.trt-v<M>].code-<git sha>[-dirty-<hash>]
-    Building the same versions and code again reuses the existing image.
+    Building the same versions and code again reuses the existing image. Test, notebook and
+    lint tools in a model's requirements.txt (pytest, ipykernel, black...) are not installed;
+    each one left out is reported.
 
     \b
     Examples:
@@ -113,12 +118,16 @@ def build(control: str, treatment: str | None, treatment_weight: int | None, nam
     """
     from pipeline.build.builder import build as run_build
     from pipeline.build.plan import BuildRequest
+    from pipeline.config import DEFAULT_CONFIG_FILE, load_build_config
 
     check_treatment_options(treatment, treatment_weight)
+    if config_file is None and DEFAULT_CONFIG_FILE.is_file():
+        config_file = DEFAULT_CONFIG_FILE
     request = BuildRequest(control=control, treatment=treatment, name=name,
                            treatment_weight=treatment_weight, push=push,
                            allow_pickle=allow_pickle, max_rows=max_rows, threshold=threshold,
-                           ready_timeout_s=ready_timeout, services_dir=services_dir)
+                           ready_timeout_s=ready_timeout, services_dir=services_dir,
+                           build_config=load_build_config(config_file))
     result = run_build(request, _settings(), echo=Progress(quiet=quiet))
     sizes = ", ".join(f"{group} {size / 1e6:.1f} MB" for group, size in result.layer_sizes.items())
     lines = [
@@ -170,7 +179,7 @@ def serve(control: str, treatment: str | None, treatment_weight: int | None, por
     """Serve model versions locally without Docker, exactly as the image would.
 
     Same resolution, verification and service as `bentoship build`; runs `bentoml serve` in
-    the foreground on 127.0.0.1.
+    the foreground on 127.0.0.1 until Ctrl-C (or SIGTERM), then removes the Bento it built.
     """
     from pipeline.build.builder import serve as run_serve
     from pipeline.build.plan import BuildRequest

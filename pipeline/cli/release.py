@@ -289,7 +289,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 @click.option("--name", help="Service name. [default: the control's registered name]")
 @click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
               help="TOML file whose [release] table sets namespace, accounts, replicas, canary "
-              "durations and thresholds. [default: built-in defaults]")
+              "durations and thresholds, and whose [build] table the build reads. [default: "
+              "built-in defaults]")
 @click.option("--out", "outdir", type=click.Path(path_type=Path, file_okay=False),
               default=Path("release"), show_default=True, help="Where the files are written.")
 @click.option("--submit", is_flag=True,
@@ -318,13 +319,14 @@ def release(control: str, treatment: str | None, treatment_weight: int | None, n
     refused unless --allow-breaking-api. The decision is recorded as `api_change`.
     """
     from pipeline.build.plan import BuildRequest
-    from pipeline.config import load_release_config
+    from pipeline.config import load_build_config, load_release_config
     from pipeline.release import handoff
 
     config = load_release_config(config_path)
     check_treatment_options(treatment, treatment_weight)
     request = BuildRequest(control=control, treatment=treatment, name=name,
-                           treatment_weight=treatment_weight, allow_pickle=allow_pickle)
+                           treatment_weight=treatment_weight, allow_pickle=allow_pickle,
+                           build_config=load_build_config(config_path))
     done = handoff.release(request, load_settings(), config, outdir,
                            echo=lambda m: say(m, quiet=quiet), submit=submit,
                            allow_breaking_api=allow_breaking_api)

@@ -2,7 +2,9 @@
 
 Each MLflow model carries a `requirements.txt`. They are merged, CUDA-carrying packages are
 mapped to their CPU builds, `mlflow` is dropped when every model loads natively (the service
-does not import it), and the result is checked against the pins of the platform base image.
+does not import it), tools MLflow inferred from the training session but never needed to serve
+(test runners, notebook kernels, linters: `DEV_ONLY`) are dropped with a note, and the result is
+checked against the pins of the platform base image.
 Anything the base does not provide becomes an extra dependency layer; anything the base pins
 differently, or two models pin differently, is a conflict raised before anything is built.
 """
@@ -26,6 +28,32 @@ CPU_BUILDS = {"xgboost": "xgboost-cpu"}
 PYFUNC_ONLY = {"mlflow", "mlflow-skinny"}
 PYFUNC_PACKAGE = "mlflow-skinny"
 
+_TEST = "a test tool, imported by the training session's tests, never by the service"
+_NOTEBOOK = "a notebook tool, imported by the training notebook's kernel, never by the service"
+_LINT = "a lint, format or type-check tool, never imported at run time"
+# Packages MLflow's requirement inference picks up from the session a model was logged in
+# (`import pytest` in a test, a Jupyter kernel, a linter plugin) that serving never imports.
+# `[build] keep_requirements` / `drop_requirements` in bentoship.toml override this list.
+DEV_ONLY: Mapping[str, str] = {
+    **dict.fromkeys(
+        ("pytest", "pluggy", "iniconfig", "pytest-cov", "pytest-xdist", "execnet", "pytest-mock",
+         "pytest-timeout", "coverage", "tox"),
+        _TEST,
+    ),
+    **dict.fromkeys(
+        ("ipykernel", "ipython", "ipywidgets", "jupyter", "jupyter-client", "jupyter-core",
+         "jupyter-server", "jupyterlab", "jupyterlab-widgets", "widgetsnbextension", "notebook",
+         "nbformat", "nbconvert", "nbclient", "debugpy", "matplotlib-inline"),
+        _NOTEBOOK,
+    ),
+    **dict.fromkeys(
+        ("black", "ruff", "flake8", "pyflakes", "pycodestyle", "mccabe", "mypy", "pylint",
+         "astroid", "isort", "autopep8", "yapf", "pre-commit"),
+        _LINT,
+    ),
+}
+_DROPPED_ON_REQUEST = "dropped by [build] drop_requirements in bentoship.toml"
+
 
 @dataclass(frozen=True)
 class ModelRequirements:
@@ -34,9 +62,30 @@ class ModelRequirements:
 
 
 @dataclass(frozen=True)
+class DroppedRequirement:
+    """A line of a model's `requirements.txt` the image does not install, and why."""
+
+    package: str  # canonical name, e.g. "pytest"
+    requirement: str  # as the model wrote it, e.g. "pytest==8.3.4"
+    model: str  # e.g. "demo-classifier/2"
+    reason: str
+
+    @property
+    def note(self) -> str:
+        keep = ("" if self.reason == _DROPPED_ON_REQUEST else
+                f' (keep it with [build] keep_requirements = ["{self.package}"])')
+        return f"{self.model}: not installing {self.requirement}: {self.reason}{keep}"
+
+    def as_dict(self) -> dict[str, str]:
+        return {"package": self.package, "requirement": self.requirement, "model": self.model,
+                "reason": self.reason}
+
+
+@dataclass(frozen=True)
 class ResolvedRequirements:
     requirements: tuple[str, ...]  # every requirement, normalised and sorted
     extras: tuple[str, ...]  # the ones the base image does not provide
+    dropped: tuple[DroppedRequirement, ...] = ()  # in the models' order
 
     @property
     def sha256(self) -> str:
@@ -60,14 +109,21 @@ def resolve_requirements(
     base_pins: Mapping[str, str],
     *,
     needs_pyfunc: bool,
+    keep: Iterable[str] = (),
+    drop: Iterable[str] = (),
 ) -> ResolvedRequirements:
     """Merge the models' requirements and check them against the base pins.
 
-    Raises ConfigError naming every conflicting package, who asks for what, and what the base
-    image pins.
+    Packages of `DEV_ONLY` are left out, except those in `keep`; those in `drop` are left out
+    too; each one left out is a `DroppedRequirement` of the result. Raises ConfigError naming
+    every conflicting package, who asks for what, and what the base image pins.
     """
     pins: dict[str, str] = {canonicalize_name(k): v for k, v in base_pins.items()}
+    kept = {canonicalize_name(k) for k in keep}
+    unwanted = {k: why for k, why in DEV_ONLY.items() if k not in kept}
+    unwanted.update(dict.fromkeys((canonicalize_name(d) for d in drop), _DROPPED_ON_REQUEST))
     wanted: dict[str, list[tuple[str, Requirement]]] = {}
+    dropped: list[DroppedRequirement] = []
     for model in models:
         for line in model.lines:
             try:
@@ -79,6 +135,9 @@ def resolve_requirements(
             ):
                 continue
             name: str = canonicalize_name(req.name)
+            if name in unwanted:
+                dropped.append(DroppedRequirement(name, line, model.model, unwanted[name]))
+                continue
             if name in CPU_BUILDS:
                 req = Requirement(f"{CPU_BUILDS[name]}{req.specifier}")
                 name = CPU_BUILDS[name]
@@ -117,4 +176,5 @@ def resolve_requirements(
             + "\nRetrain one model against the other's versions, or rebuild the base image "
             "with the versions the models need."
         )
-    return ResolvedRequirements(requirements=tuple(merged), extras=tuple(extras))
+    return ResolvedRequirements(requirements=tuple(merged), extras=tuple(extras),
+                                dropped=tuple(dropped))

@@ -17,16 +17,9 @@ from pipeline.build.plan import BuildRequest
 from pipeline.cli import cli
 from pipeline.config import Settings
 from pipeline.errors import PushError, SmokeTestError
+from tests.integration.conftest import AB  # the request of the shared `ab_build` image
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
-
-AB = BuildRequest(control="demo-classifier@champion", treatment="demo-classifier@challenger",
-                  push=True)
-
-
-@pytest.fixture(scope="session")
-def ab_build(demo_store: Settings, docker_client: object, base_image: object) -> BuildResult:
-    return build(AB, demo_store, echo=print)
 
 
 def test_tag_names_both_model_versions_and_the_code_version(ab_build: BuildResult) -> None:

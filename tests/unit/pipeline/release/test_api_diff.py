@@ -106,6 +106,10 @@ def lower_max_rows(spec: Spec) -> None:
     schemas(spec)["PredictRequest"]["properties"]["rows"]["maxItems"] = 100
 
 
+def raise_min_rows(spec: Spec) -> None:
+    schemas(spec)["PredictRequest"]["properties"]["rows"]["minItems"] = 2
+
+
 def optional_body(spec: Spec) -> None:
     spec["paths"]["/predict"]["post"]["requestBody"]["required"] = False
 
@@ -256,6 +260,11 @@ CASES: dict[str, Case] = {
         {b(f"{REQ} rows", "maxItems tightened from 1000 to 100")},
         {c(f"{REQ} rows", "maxItems loosened from 100 to 1000")},
     ),
+    "request lower limit raised / lowered": (
+        raise_min_rows,
+        {b(f"{REQ} rows", "minItems tightened from 1 to 2")},
+        {c(f"{REQ} rows", "minItems loosened from 2 to 1")},
+    ),
     "request body optional / required": (
         optional_body,
         set(),
@@ -347,6 +356,38 @@ def test_diff_classifies_each_change_in_both_directions(
 
     assert seen(diff_specs(v1, changed)) == forward
     assert seen(diff_specs(changed, v1)) == backward
+
+
+# Each lower limit a request schema can carry: where it is set, and a lower and a higher value.
+LOWER_LIMITS: dict[str, tuple[Callable[[Spec], Spec], str, int, int]] = {
+    "minimum": (lambda spec: row(spec)["properties"]["mean_radius"], "rows[].mean_radius", 0, 5),
+    "minLength": (lambda spec: row(spec)["properties"]["request_id"], "rows[].request_id", 1, 8),
+    "minItems": (lambda spec: schemas(spec)["PredictRequest"]["properties"]["rows"], "rows", 1, 2),
+    "minProperties": (row, "rows[]", 2, 3),
+}
+
+
+@pytest.mark.parametrize(
+    ("key", "schema", "field", "low", "high"),
+    [(key, *where) for key, where in LOWER_LIMITS.items()],
+    ids=LOWER_LIMITS.keys(),
+)
+def test_a_raised_lower_limit_in_a_request_breaks_and_a_lowered_one_does_not(
+    v1: Spec, key: str, schema: Callable[[Spec], Spec], field: str, low: int, high: int
+) -> None:
+    # A request the service accepted at the lower limit is refused once the limit is raised.
+    lenient, strict = copy.deepcopy(v1), copy.deepcopy(v1)
+    schema(lenient)[key] = low
+    schema(strict)[key] = high
+    for spec in (lenient, strict):
+        validate_spec(spec, source=key)
+
+    assert seen(diff_specs(lenient, strict)) == {
+        b(f"{REQ} {field}", f"{key} tightened from {low} to {high}")
+    }
+    assert seen(diff_specs(strict, lenient)) == {
+        c(f"{REQ} {field}", f"{key} loosened from {high} to {low}")
+    }
 
 
 def test_every_mutated_spec_is_still_a_valid_spec(v1: Spec) -> None:
