@@ -203,8 +203,12 @@ def try_image(
 ) -> Trial:
     """Start `image` as `start` does, post one example row and leave the container running."""
     running = start(client, image, host_port=host_port, name=name)
-    row = example_row(running.container)
-    return Trial(running, row, predict(running.url, [row]))
+    try:
+        row = example_row(running.container)
+        return Trial(running, row, predict(running.url, [row]))
+    except BaseException:
+        stop(running.container)  # a container that cannot answer is not left behind
+        raise
 
 
 def stop(container: Any) -> None:

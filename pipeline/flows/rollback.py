@@ -86,6 +86,11 @@ def _resolve_target(
         assert client is not None
         service = ledger.only_service(client, name, "roll back")
         records = ledger.succeeded_releases(client, name=service)
+        if not records:
+            raise ReleaseError(
+                f"nothing to roll back: the ledger at {client.tracking_uri} has no successful "
+                f"release of {service} (`bentoship releases list` shows what is recorded)"
+            )
         chosen = ledger.choose_previous(records)
         if chosen is None:
             raise ReleaseError(

@@ -113,3 +113,11 @@ def test_ledger_problem_is_none_for_the_embedded_store(tmp_path: Path) -> None:
     settings = load_settings({"BENTOSHIP_HOME": str(tmp_path)})
     assert flows.ledger_problem(settings) is None
 
+
+
+def test_rollback_of_a_service_the_ledger_never_released_says_so(tmp_path: Path) -> None:
+    result = invoke(["rollback", "--name", "nobody", "--out", str(tmp_path / "out")], tmp_path)
+    assert result.exit_code == 1
+    assert "nothing to roll back" in result.output
+    assert "no successful release of nobody" in result.output
+    assert not (tmp_path / "out").exists()
