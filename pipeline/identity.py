@@ -37,6 +37,9 @@ LABEL_PREFIX = "io.bentoship"
 # with the SHA-256 of its canonical JSON (`openapi_sha256`).
 OPENAPI_FILE = "openapi.json"
 OPENAPI_LABEL = f"{LABEL_PREFIX}.openapi_sha256"
+# Where the build puts the service configuration and the spec inside the image.
+CONFIG_IN_IMAGE = f"{BENTO_DIR}/src/services/bentoship.json"
+OPENAPI_IN_IMAGE = f"{BENTO_DIR}/{OPENAPI_FILE}"
 # Labels that say what an image was built from; two images agreeing on them are the same build
 # (`org.opencontainers.image.created` and the like do not count).
 _IDENTITY = ("config_sha256", "base", "requirements_sha256", "code.version")

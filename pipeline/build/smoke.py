@@ -6,17 +6,20 @@ which leaves the container running for a human.
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import tarfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pipeline.errors import SmokeTestError, explanation, map_exceptions
-from pipeline.identity import BENTO_DIR, BENTOML_HOME, PORT, UID
+from pipeline.identity import BENTOML_HOME, CONFIG_IN_IMAGE, PORT, UID
 from pipeline.progress import Echo
 
 # Where a read-only root filesystem still needs writable scratch space (as in Kubernetes).
@@ -178,15 +181,24 @@ def smoke_test(
 
 def example_row(container: Any) -> dict[str, Any]:
     """One request row built from the feature examples in the image's service config."""
-    import io
-    import tarfile
-
-    path = f"{BENTO_DIR}/src/services/bentoship.json"
-    stream, _ = container.get_archive(path)
-    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-        member = tar.extractfile("bentoship.json")
-        config = json.loads(member.read()) if member else {}
+    data = read_file(container, CONFIG_IN_IMAGE)
+    if data is None:
+        raise SmokeTestError(f"{CONFIG_IN_IMAGE} is not in the image: not a bentoship image")
+    config = json.loads(data)
     return {f["name"]: f.get("example") for f in config.get("features", [])}
+
+
+def read_file(container: Any, path: str) -> bytes | None:
+    """One file out of a (created, not started) container; None when it does not exist."""
+    import docker.errors
+
+    try:
+        stream, _ = container.get_archive(path)
+    except docker.errors.NotFound:
+        return None
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+        member = tar.extractfile(Path(path).name)
+        return member.read() if member else None
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,6 @@ and records; a rollback, which builds nothing, calls `hand_over` directly.
 
 from __future__ import annotations
 
-import io
-import json
-import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,12 +31,11 @@ from pipeline.errors import ReleaseError
 from pipeline.models import registry
 from pipeline.release import ledger
 from pipeline.release.api_diff import Change, diff_specs
+from pipeline.release.api_export import service_spec
 from pipeline.release.files import render_release
 from pipeline.release.spec import ReleaseSpec
 from pipeline.release.submit import check_submit, submit_pipeline
 
-CONFIG_IN_IMAGE = f"{identity.BENTO_DIR}/src/services/bentoship.json"
-OPENAPI_IN_IMAGE = f"{identity.BENTO_DIR}/{identity.OPENAPI_FILE}"
 # A diff entry that says only that the release differs (every release has a new image tag).
 _INFORMATIONAL = ("info.version",)
 
@@ -85,81 +81,6 @@ class Handoff:
             "submit_note": self.submit_note,
             "build": self.build.as_dict() if self.build else None,
         }
-
-
-def service_spec(client: Any, image_ref: str) -> dict[str, Any]:
-    """The OpenAPI spec of the service inside `image_ref` (a tag or a digest reference).
-
-    That is the `openapi.json` its build stored next to `bento.yaml`, checked against the
-    image's `io.bentoship.openapi_sha256` label; for an image built before the file existed,
-    the spec is built from the configuration the image carries. An image that is not here is
-    pulled.
-    """
-    import docker.errors
-
-    from services.config import ServiceConfig
-    from services.openapi import build_spec
-
-    found = _local_image(client, image_ref)
-    try:
-        container = client.containers.create(found.id, entrypoint=["true"])
-    except docker.errors.APIError as exc:
-        raise ReleaseError(f"cannot open {image_ref}: {exc.explanation or exc}") from exc
-    try:
-        stored = _read_file(container, OPENAPI_IN_IMAGE)
-        config = _read_file(container, CONFIG_IN_IMAGE) if stored is None else None
-    finally:
-        container.remove(force=True)
-    if stored is not None:
-        try:
-            spec = json.loads(stored)
-        except ValueError as exc:
-            raise ReleaseError(f"{OPENAPI_IN_IMAGE} in {image_ref} is not JSON: {exc}") from exc
-        label = (found.labels or {}).get(identity.OPENAPI_LABEL)
-        if label and identity.openapi_sha256(spec) != label:
-            raise ReleaseError(
-                f"{OPENAPI_IN_IMAGE} in {image_ref} has SHA-256 {identity.openapi_sha256(spec)}, "
-                f"but the image's {identity.OPENAPI_LABEL} label says {label}: the file was changed "
-                "after the build"
-            )
-        return dict(spec)
-    if config is None:
-        raise ReleaseError(
-            f"{image_ref} is not a bentoship image: it has neither {OPENAPI_IN_IMAGE} nor "
-            f"{CONFIG_IN_IMAGE}"
-        )
-    return dict(build_spec(ServiceConfig.model_validate(json.loads(config))))
-
-
-def _local_image(client: Any, image_ref: str) -> Any:
-    import docker.errors
-
-    try:
-        return client.images.get(image_ref)
-    except docker.errors.ImageNotFound:
-        pass
-    except docker.errors.APIError as exc:
-        raise ReleaseError(f"cannot inspect {image_ref}: {exc.explanation or exc}") from exc
-    try:
-        return client.images.pull(image_ref)
-    except docker.errors.APIError as exc:
-        raise ReleaseError(
-            f"{image_ref} is not in the local Docker engine and pulling it failed: "
-            f"{exc.explanation or exc}"
-        ) from exc
-
-
-def _read_file(container: Any, path: str) -> bytes | None:
-    """One file out of a (created, not started) container; None when it does not exist."""
-    import docker.errors
-
-    try:
-        stream, _ = container.get_archive(path)
-    except docker.errors.NotFound:
-        return None
-    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-        member = tar.extractfile(Path(path).name)
-        return member.read() if member else None
 
 
 def check_api(

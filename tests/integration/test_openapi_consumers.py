@@ -33,7 +33,6 @@ from pipeline.build.builder import BuildResult, build
 from pipeline.build.plan import BuildRequest
 from pipeline.cli import cli
 from pipeline.config import Settings
-from pipeline.release import handoff
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -91,14 +90,14 @@ def test_the_image_serves_stores_and_labels_one_spec(
 
     container = docker_client.containers.create(served.build.reference, entrypoint=["true"])
     try:
-        stream, _ = container.get_archive(handoff.OPENAPI_IN_IMAGE)
+        stream, _ = container.get_archive(identity.OPENAPI_IN_IMAGE)
     finally:
         container.remove(force=True)
     with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
         member = tar.extractfile("openapi.json")
         assert member is not None
         assert json.loads(member.read()) == served.spec
-    assert handoff.OPENAPI_IN_IMAGE == "/home/bentoship/bento/openapi.json"
+    assert identity.OPENAPI_IN_IMAGE == "/home/bentoship/bento/openapi.json"
 
     out = tmp_path / "exported.json"
     result = CliRunner().invoke(
