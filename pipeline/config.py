@@ -333,14 +333,40 @@ def _package_names(names: tuple[str, ...]) -> tuple[str, ...]:
 PackageNames = Annotated[tuple[str, ...], AfterValidator(_package_names)]
 
 
+_TYPE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
+TypeName = Annotated[str, _pattern(_TYPE_NAME, "a full type name such as "
+                                               "'xgboost.sklearn.XGBClassifier'")]
+FieldName = Annotated[str, _pattern(_FIELD_NAME, "a field name: letters, digits, '_', '.', '-'")]
+
+
+class ServiceTable(_Model):
+    """The `[service]` table of bentoship.toml: the team's own code in the service."""
+
+    hooks: str | None = None
+    """The hook module (services/hooks.py says how to write one): a module under services/
+    (`services.my_hooks`) or a path to a .py file, relative to bentoship.toml."""
+    key_field: FieldName | None = "request_id"
+    """The request field whose value keeps a caller on one variant (sticky A/B); none: only the
+    key header and random assignment."""
+    base_dir: Path = Path(".")
+    """Where `hooks` paths are relative to (the directory of bentoship.toml; not a key)."""
+
+
 class BuildConfig(_Model):
-    """The `[build]` table of bentoship.toml; every field has a default."""
+    """The `[build]` table of bentoship.toml (and its `[service]` table); every field has a
+    default."""
 
     keep_requirements: PackageNames = ()
     """Packages of the models' requirements.txt to install even though they are on the default
     list of tools never needed at run time (pipeline.models.requirements.DEV_ONLY)."""
     drop_requirements: PackageNames = ()
     """Further packages of the models' requirements.txt not to install."""
+    trusted_types: tuple[TypeName, ...] = ()
+    """Types outside sklearn/numpy/scipy a skops model may contain, trusted by full name
+    (e.g. `xgboost.sklearn.XGBClassifier`); `--trust-type` adds to them."""
+    service: ServiceTable = ServiceTable()
+    """The `[service]` table."""
 
     @model_validator(mode="after")
     def _disjoint(self) -> BuildConfig:
@@ -413,8 +439,15 @@ def load_build_config(path: Path | None) -> BuildConfig:
     """Read the `[build]` table of a TOML file; no file (None) or no table means the defaults."""
     if path is None:
         return BuildConfig()
-    config: BuildConfig = _validate(BuildConfig, read_table(path, "build"), "build", str(path))
-    return config
+    data = read_table(path, "build")
+    if "service" in data:
+        raise ConfigError(f"{path}: [build] service: unknown key (the hooks go in [service])")
+    service = {**read_table(path, "service"), "base_dir": path.resolve().parent}
+    if "base_dir" in read_table(path, "service"):
+        raise ConfigError(f"{path}: [service] base_dir: unknown key")
+    table: ServiceTable = _validate(ServiceTable, service, "service", str(path))
+    config: BuildConfig = _validate(BuildConfig, data, "build", str(path))
+    return config.model_copy(update={"service": table})
 
 
 def load_ci_config(path: Path | None) -> CiConfig:

@@ -111,7 +111,7 @@ def create_app(config: ServiceConfig, state: AppState) -> Starlette:
             return _failed(state.metrics, started, internal)
         metrics = state.metrics
         if metrics is not None:
-            metrics.record_success(time.perf_counter() - started, result.scores_by_variant)
+            metrics.record_success(time.perf_counter() - started, result.answers, config.output)
         return Response(content, media_type=JSON)
 
     async def metadata(request: Request) -> Response:
@@ -214,6 +214,7 @@ def _metadata(config: ServiceConfig, state: AppState) -> dict[str, Any]:
         "max_rows": config.max_rows,
         "threshold": config.threshold,
         "allow_pickle": config.allow_pickle,
-        "preprocess": config.preprocess,
-        "postprocess": config.postprocess,
+        "trusted_types": list(config.trusted_types),
+        "output": config.output.model_dump(),
+        "hooks": config.hooks.model_dump() if config.hooks is not None else None,
     }

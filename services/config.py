@@ -20,12 +20,13 @@ from services.errors import ConfigError
 CONFIG_FILENAME = "bentoship.json"
 
 ColumnType = Literal["double", "float", "long", "integer", "boolean", "string"]
-Flavor = Literal["xgboost", "sklearn", "python_function"]
+Flavor = Literal["xgboost", "sklearn", "lightgbm", "onnx", "python_function"]
+Task = Literal["classification", "regression"]
 NUMERIC_TYPES: frozenset[str] = frozenset({"double", "float", "long", "integer"})
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$")
 _VARIANT = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-_HOOK = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _HEADER = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _INT_RANGES = {"long": (-(2**63), 2**63 - 1), "integer": (-(2**31), 2**31 - 1)}
 _FLOAT32_MAX = 3.4028234663852886e38
@@ -77,6 +78,88 @@ class Variant(_Frozen):
         return value
 
 
+class Output(_Frozen):
+    """What every variant answers, decided at build time from the models themselves.
+
+    classification: ``prediction`` is one of ``classes`` (the models' labels, integers or
+    strings, in the order of their probabilities) and ``probabilities`` has every label;
+    regression: ``prediction`` is a number, or ``targets`` numbers (an object keyed by
+    ``target_names`` when the output signature names them, else an array).
+    """
+
+    task: Task
+    classes: tuple[int | str, ...] = ()
+    targets: int = Field(default=1, ge=1, le=1000)
+    target_names: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Output:
+        if self.task == "classification":
+            if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
+                raise ValueError(f"a classifier needs two or more distinct classes, got "
+                                 f"{list(self.classes)}")
+            kinds = {type(c) for c in self.classes}
+            if len(kinds) != 1:
+                raise ValueError(f"classes must be all integers or all strings, got "
+                                 f"{list(self.classes)}")
+            if len({str(c) for c in self.classes}) != len(self.classes):
+                raise ValueError(f"classes {list(self.classes)} collide as strings")
+            if self.targets != 1 or self.target_names:
+                raise ValueError("a classifier has no targets")
+        else:
+            if self.classes:
+                raise ValueError("a regressor has no classes")
+            names = self.target_names
+            if names and (len(names) != self.targets or len(set(names)) != len(names)):
+                raise ValueError(f"target_names {list(names)} must name each of the "
+                                 f"{self.targets} targets once")
+        return self
+
+    @property
+    def binary(self) -> bool:
+        return self.task == "classification" and len(self.classes) == 2
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The labels as the keys of ``probabilities``."""
+        return tuple(str(c) for c in self.classes)
+
+
+class HookConfig(_Frozen):
+    """The team's hook module (``services/hooks.py`` says how to write one) and what it declared."""
+
+    module: str
+    preprocess: bool = False
+    postprocess: bool = False
+    request: tuple[Feature, ...] = ()
+    response: tuple[Feature, ...] = ()
+
+    @field_validator("module")
+    @classmethod
+    def _module_shape(cls, value: str) -> str:
+        if not _MODULE.match(value):
+            raise ValueError(f"{value!r} must be an importable module name such as services.my_hooks")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HookConfig:
+        if not (self.preprocess or self.postprocess):
+            raise ValueError("a hook module defines preprocess, postprocess or both")
+        if self.request and not self.preprocess:
+            raise ValueError("request fields are declared by a preprocess hook")
+        if self.postprocess and not self.response:
+            raise ValueError("a postprocess hook declares its response columns")
+        for what, columns in (("request", self.request), ("response", self.response)):
+            names = [c.name for c in columns]
+            duplicated = sorted({n for n in names if names.count(n) > 1})
+            if duplicated:
+                raise ValueError(f"{what}: duplicated names {duplicated}")
+        clash = sorted({c.name for c in self.response} & {"variant", "model_version"})
+        if clash:
+            raise ValueError(f"response: {clash} are the service's own columns")
+        return self
+
+
 class Routing(_Frozen):
     """How rows are assigned to variants; see ``services/routing.py``."""
 
@@ -104,11 +187,14 @@ class ServiceConfig(_Frozen):
     features: tuple[Feature, ...] = Field(min_length=1)
     variants: tuple[Variant, ...]
     routing: Routing
+    output: Output
     max_rows: int = Field(default=1000, ge=1, le=1_000_000)
     allow_pickle: bool = False
+    # skops types outside sklearn/numpy/scipy that the build trusted by name (--trust-type).
+    trusted_types: tuple[str, ...] = ()
+    # A binary classifier answers classes[1] when its probability is at least this.
     threshold: float = 0.5
-    preprocess: str = "services.hooks:preprocess"
-    postprocess: str = "services.hooks:postprocess"
+    hooks: HookConfig | None = None
 
     @field_validator("name")
     @classmethod
@@ -125,13 +211,6 @@ class ServiceConfig(_Frozen):
     def _finite(cls, value: float) -> float:
         if not math.isfinite(value):
             raise ValueError("must be a finite number")
-        return value
-
-    @field_validator("preprocess", "postprocess")
-    @classmethod
-    def _hook_shape(cls, value: str) -> str:
-        if not _HOOK.match(value):
-            raise ValueError(f"{value!r} must look like 'package.module:function'")
         return value
 
     @model_validator(mode="after")
@@ -155,8 +234,9 @@ class ServiceConfig(_Frozen):
             weights = ", ".join(f"{v.name}={v.weight}" for v in self.variants)
             raise ValueError(f"variants: weights must sum to 100, got {total} ({weights})")
         key_field = self.routing.key_field
-        if key_field is not None and key_field in names:
-            feature = next(f for f in self.features if f.name == key_field)
+        request = self.request_fields
+        if key_field is not None and key_field in [f.name for f in request]:
+            feature = next(f for f in request if f.name == key_field)
             if feature.type not in ("string", "long", "integer"):
                 raise ValueError(
                     f"routing.key_field {key_field!r} is a {feature.type} feature; "
@@ -167,6 +247,27 @@ class ServiceConfig(_Frozen):
     @property
     def feature_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.features)
+
+    @property
+    def request_fields(self) -> tuple[Feature, ...]:
+        """What a caller sends per row: the preprocess hook's declared fields, else the features."""
+        if self.hooks is not None and self.hooks.request:
+            return self.hooks.request
+        return self.features
+
+    @property
+    def output_width(self) -> int:
+        """Columns of every model's answer: one probability per class, or one value per target."""
+        out = self.output
+        return len(out.classes) if out.task == "classification" else out.targets
+
+    @property
+    def preprocess(self) -> bool:
+        return self.hooks is not None and self.hooks.preprocess
+
+    @property
+    def postprocess(self) -> bool:
+        return self.hooks is not None and self.hooks.postprocess
 
     @property
     def control(self) -> Variant:

@@ -1,24 +1,20 @@
-"""Loading an MLflow model directory into something that scores a numpy matrix.
+"""Loading an MLflow model directory into something that answers a numpy matrix.
 
 The pipeline puts each MLflow model, unchanged, under ``<bento model path>/mlflow_model/``
-(contract 1). :func:`load_model` reads its ``MLmodel`` file and picks, in this order:
+(contract 1). :func:`load_model` reads its ``MLmodel`` file and picks a native loader from
+``services/flavors/`` (each documents its format and how it finds the model's task), in this
+order: ``xgboost``, ``lightgbm`` (a ``Booster`` in LightGBM's text format), ``onnx``
+(onnxruntime on CPU), ``sklearn`` saved with skops (trusting sklearn/numpy/scipy types and the
+types trusted by name). Anything needing pickle (sklearn ``pickle``/``cloudpickle``, a
+LightGBM sklearn model saved with pickle, a model with only the ``python_function`` flavor)
+is REFUSED (:class:`~services.errors.UnsafeModelError`) unless ``allow_pickle`` is true; then
+a loud warning is logged and ``mlflow`` (imported only here, so it must be installed in the
+image) loads it.
 
-``xgboost`` flavor
-    ``xgboost.Booster(model_file=...)`` on the saved json/ubj file, scored with
-    ``inplace_predict`` on the float matrix with ``nthread=1`` (more threads made one-row
-    calls 20x slower on a shared 2-core machine). Works for a raw ``Booster`` and for the
-    sklearn wrappers (``XGBClassifier``: its booster's ``binary:logistic`` output *is*
-    ``predict_proba[:, 1]``; ``best_iteration`` is honoured like the wrapper does).
-``sklearn`` flavor, ``serialization_format: skops``
-    ``skops.io.load`` trusting only the types ``skops.io.get_untrusted_types`` reports from
-    the ``sklearn``, ``numpy`` and ``scipy`` packages; anything else is refused.
-    Score: ``predict_proba[:, 1]`` for a binary classifier, ``predict`` for a regressor.
-anything needing pickle
-    sklearn ``pickle``/``cloudpickle``, skops files with other types, or a model with only the
-    ``python_function`` flavor (a pickled ``PythonModel``, or a flavor we have no native
-    loader for) is REFUSED (:class:`~services.errors.UnsafeModelError`) unless
-    ``allow_pickle`` is true; then a loud warning is logged and ``mlflow`` (imported only
-    here, so it must be installed in the image) loads it.
+The result answers ``predict(matrix) -> (n, k)`` float64: for a classifier the probability of
+each of ``output.classes``, for a regressor its ``output.targets`` values (see
+``services/flavors/__init__.py``). With an ``example`` matrix the answer's width is checked,
+and a regressor's number of targets taken from it.
 
 Columns: the model's signature gives its input columns; each must be one of the configured
 features, and the matrix (in feature order) is reordered to the model's order if needed.
@@ -31,25 +27,28 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from services.config import ServiceConfig
 from services.errors import ModelLoadError, UnsafeModelError, describe
+from services.flavors import Loaded, ModelOutput, Scorer
+from services.flavors import lightgbm as lightgbm_flavor
+from services.flavors import sklearn as sklearn_flavor
+from services.flavors import xgboost as xgboost_flavor
 
 logger = logging.getLogger("bentoship.service")
 
 MODEL_SUBDIR = "mlflow_model"
-TRUSTED_PACKAGES = ("sklearn", "numpy", "scipy")
-
-Scorer = Callable[[np.ndarray], np.ndarray]
+TRUSTED_PACKAGES = sklearn_flavor.TRUSTED_PACKAGES
 
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model ready to score: ``predict_scores(matrix)`` -> one float per row.
+    """A model ready to answer: ``predict(matrix)`` -> ``(n, output.width)`` float64.
 
     ``matrix`` has the configured features as columns, in config order.
     """
@@ -57,13 +56,15 @@ class LoadedModel:
     flavor: str
     loader: str
     columns: tuple[str, ...]
+    output: ModelOutput
     scorer: Scorer = field(repr=False)
     take: tuple[int, ...] | None = None
 
-    def predict_scores(self, matrix: np.ndarray) -> np.ndarray:
+    def predict(self, matrix: np.ndarray) -> np.ndarray:
         if self.take is not None:
             matrix = matrix[:, list(self.take)]
-        return np.asarray(self.scorer(matrix), dtype=np.float64).reshape(-1)
+        out = np.asarray(self.scorer(matrix), dtype=np.float64)
+        return out.reshape(out.shape[0], -1) if out.ndim != 2 else out
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ def load_model(
     feature_types: Sequence[str] | None = None,
     *,
     allow_pickle: bool = False,
+    trusted_types: Sequence[str] = (),
+    example: np.ndarray | None = None,
 ) -> LoadedModel:
     """Load the MLflow model in ``model_dir`` (the folder holding ``MLmodel``)."""
     model_dir = Path(model_dir)
@@ -90,18 +93,33 @@ def load_model(
     column_types = tuple(types[features.index(c)] for c in columns)
     has_strings = "string" in column_types
 
-    if "xgboost" in flavors:
+    def numeric_only(family: str) -> None:
         if has_strings:
             raise ModelLoadError(
-                f"{model_dir}: the native XGBoost loader needs numeric columns, got string ones"
+                f"{model_dir}: the native {family} loader needs numeric columns, got string ones"
             )
-        scorer, loader = _load_xgboost(model_dir, flavors["xgboost"], len(columns))
+
+    lgb_conf = flavors.get("lightgbm") or {}
+    if "xgboost" in flavors:
+        numeric_only("XGBoost")
+        loaded = xgboost_flavor.load(model_dir, flavors["xgboost"], len(columns))
         flavor = "xgboost"
-    elif "sklearn" in flavors:
-        scorer, loader = _load_sklearn(model_dir, flavors["sklearn"], allow_pickle)
-        flavor = "sklearn"
+    elif lgb_conf and lightgbm_flavor.handles(lgb_conf):
+        numeric_only("LightGBM")
+        loaded = lightgbm_flavor.load(model_dir, lgb_conf, columns, column_types)
+        flavor = "lightgbm"
+    elif "onnx" in flavors:
+        from services.flavors import onnx as onnx_flavor
+
+        loaded = onnx_flavor.load(model_dir, flavors["onnx"], columns, column_types)
+        flavor = "onnx"
+    elif "sklearn" in flavors or lgb_conf:
+        conf = flavors.get("sklearn") or lgb_conf
+        family = "sklearn" if "sklearn" in flavors else "lightgbm"
+        loaded = _load_sklearn(model_dir, conf, family, allow_pickle, trusted_types)
+        flavor = family
         if has_strings:
-            scorer = _via_frame(scorer, columns, column_types)
+            loaded = replace(loaded, scorer=_via_frame(loaded.scorer, columns, column_types))
     elif "python_function" in flavors:
         what = ", ".join(sorted(flavors)) or "none"
         _refuse_unless(
@@ -109,13 +127,52 @@ def load_model(
             model_dir,
             f"it has no native flavor we load (flavors: {what}) and needs mlflow.pyfunc",
         )
-        scorer, loader = _load_pyfunc(model_dir, columns, column_types)
+        loaded = _load_pyfunc(model_dir, columns, column_types)
         flavor = "python_function"
     else:
         raise ModelLoadError(
             f"{model_dir}/MLmodel: no flavor bentoship can load (flavors: {sorted(flavors)})"
         )
-    return LoadedModel(flavor=flavor, loader=loader, columns=columns, scorer=scorer, take=take)
+    model = LoadedModel(flavor=flavor, loader=loaded.loader, columns=columns,
+                        output=loaded.output, scorer=loaded.scorer, take=take)
+    return model if example is None else _checked_on(model, example, model_dir)
+
+
+def load_variant(config: ServiceConfig, model_dir: str | Path) -> LoadedModel:
+    """Load one variant's model as the service built from `config` does: with its features,
+    pickle decision and trusted types, checked on the features' example row."""
+    from services.json_schema import example_row
+    from services.schema import compile_schema, validate
+
+    example = validate({"rows": [example_row(config)]}, compile_schema(config, config.features))
+    return load_model(
+        model_dir,
+        config.feature_names,
+        tuple(f.type for f in config.features),
+        allow_pickle=config.allow_pickle,
+        trusted_types=config.trusted_types,
+        example=example.matrix,
+    )
+
+
+def _checked_on(model: LoadedModel, example: np.ndarray, model_dir: Path) -> LoadedModel:
+    """The model's answer to `example` has the width its output promises (a regressor's
+    number of targets is taken from it); raises ``ModelLoadError`` otherwise."""
+    try:
+        answer = model.predict(example)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{model_dir}: loaded, but cannot answer its input example ({describe(exc)})"
+        ) from exc
+    width = answer.shape[1] if answer.ndim == 2 else 1
+    if model.output.task == "regression" and width != model.output.targets:
+        return replace(model, output=ModelOutput("regression", targets=width))
+    if width != model.output.width:
+        raise ModelLoadError(
+            f"{model_dir}: {model.loader} answered {width} columns for classes "
+            f"{list(model.output.classes)}"
+        )
+    return model
 
 
 def read_mlmodel(model_dir: Path) -> dict[str, Any]:
@@ -162,129 +219,32 @@ def _column_mapping(
     return signature.columns, take
 
 
-# --- XGBoost -----------------------------------------------------------------------------
-
-_SKLEARN_WRAPPERS = ("xgboost.sklearn.", "xgboost.XGB")
+# --- scikit-learn (and LightGBM's sklearn API) ---------------------------------------------
 
 
-def _load_xgboost(model_dir: Path, conf: dict[str, Any], width: int) -> tuple[Scorer, str]:
-    import xgboost
-
-    model_file = model_dir / str(conf.get("data", "model.xgb"))
-    model_class = str(conf.get("model_class", "xgboost.core.Booster"))
-    try:
-        booster = xgboost.Booster(model_file=str(model_file))
-    except Exception as exc:
-        raise ModelLoadError(f"{model_file}: XGBoost could not load it ({describe(exc)})") from exc
-    booster.set_param({"nthread": 1})
-    learner = json.loads(booster.save_config())["learner"]
-    objective = learner["objective"]["name"]
-    params = learner.get("learner_model_param", {})
-    num_class = int(params.get("num_class", "0") or 0)
-    num_target = int(params.get("num_target", "1") or 1)
-    num_feature = int(params.get("num_feature", width) or width)
-    if num_feature != width:
-        raise ModelLoadError(
-            f"{model_file}: the booster expects {num_feature} features, the signature lists {width}"
-        )
-    if num_target > 1:
-        raise ModelLoadError(
-            f"{model_file}: multi-target models ({num_target} targets) give no single score"
-        )
-
-    iteration_range = (0, 0)
-    best = booster.attr("best_iteration")
-    if best is not None and model_class.startswith(_SKLEARN_WRAPPERS):
-        iteration_range = (0, int(best) + 1)  # what XGBClassifier.predict_proba does
-
-    def predict(matrix: np.ndarray) -> np.ndarray:
-        return booster.inplace_predict(matrix, iteration_range=iteration_range)  # type: ignore[no-any-return]
-
-    if objective.startswith("multi:"):
-        if num_class != 2 or objective != "multi:softprob":
-            raise ModelLoadError(
-                f"{model_file}: objective {objective} with {num_class} classes has no single score; "
-                "bentoship serves binary classifiers and regressors"
-            )
-
-        def scorer(matrix: np.ndarray) -> np.ndarray:
-            return predict(matrix)[:, 1]
-
-    elif objective == "binary:logitraw":
-
-        def scorer(matrix: np.ndarray) -> np.ndarray:
-            return 1.0 / (1.0 + np.exp(-predict(matrix)))
-
-    else:
-        scorer = predict
-    return scorer, f"xgboost.Booster native ({model_class}, {objective})"
-
-
-# --- scikit-learn ------------------------------------------------------------------------
-
-
-def _load_sklearn(model_dir: Path, conf: dict[str, Any], allow_pickle: bool) -> tuple[Scorer, str]:
+def _load_sklearn(
+    model_dir: Path, conf: dict[str, Any], family: str, allow_pickle: bool,
+    trusted_types: Sequence[str],
+) -> Loaded:
     fmt = str(conf.get("serialization_format", "pickle"))
-    model_file = model_dir / str(conf.get("pickled_model", "model.pkl"))
+    model_file = model_dir / str(conf.get("pickled_model") or conf.get("data") or "model.pkl")
     if fmt == "skops":
-        estimator = _load_skops(model_file, allow_pickle)
-        how = "skops"
+        untrusted, foreign = sklearn_flavor.untrusted_types(model_file, trusted_types)
+        if foreign:
+            author = conf.get("skops_trusted_types") or ()
+            _refuse_unless(allow_pickle, model_dir,
+                           sklearn_flavor.refusal(model_file, foreign, author))
+        estimator = sklearn_flavor.load_skops(model_file, untrusted)
+        how = "skops" + (f", trusting {sorted(trusted_types)}" if trusted_types else "")
     elif fmt in ("pickle", "cloudpickle"):
-        _refuse_unless(allow_pickle, model_dir, f"its scikit-learn model is serialized with {fmt}")
+        _refuse_unless(allow_pickle, model_dir, f"its model is serialized with {fmt}")
         estimator = _with_mlflow(
-            lambda mlflow: mlflow.sklearn.load_model(str(model_dir)), model_dir
+            lambda mlflow: getattr(mlflow, family).load_model(str(model_dir)), model_dir
         )
-        how = f"{fmt} via mlflow.sklearn"
+        how = f"{fmt} via mlflow"
     else:
-        raise ModelLoadError(f"{model_dir}/MLmodel: unknown sklearn serialization_format {fmt!r}")
-    scorer, kind = _sklearn_scorer(estimator, model_dir)
-    return scorer, f"sklearn {type(estimator).__name__} ({how}, {kind})"
-
-
-def _load_skops(model_file: Path, allow_pickle: bool) -> Any:
-    import skops.io
-
-    try:
-        untrusted = skops.io.get_untrusted_types(file=model_file)
-    except Exception as exc:
-        raise ModelLoadError(f"{model_file}: not a readable skops file ({describe(exc)})") from exc
-    foreign = [t for t in untrusted if t.split(".", 1)[0] not in TRUSTED_PACKAGES]
-    if foreign:
-        _refuse_unless(
-            allow_pickle,
-            model_file.parent,
-            f"{model_file.name} contains types outside {'/'.join(TRUSTED_PACKAGES)}: {foreign}",
-        )
-    try:
-        return skops.io.load(model_file, trusted=list(untrusted))
-    except Exception as exc:
-        raise ModelLoadError(f"{model_file}: skops could not load it ({describe(exc)})") from exc
-
-
-def _sklearn_scorer(estimator: Any, model_dir: Path) -> tuple[Scorer, str]:
-    import warnings
-
-    from sklearn.base import is_classifier
-
-    # Fitted on a DataFrame, sklearn warns on every numpy call; we pass the columns in the
-    # signature's order, which is what the warning guards against, and DataFrames cost ~4x.
-    warnings.filterwarnings(
-        "ignore", message="X does not have valid feature names", category=UserWarning
-    )
-    if is_classifier(estimator):
-        classes = getattr(estimator, "classes_", None)
-        if classes is None or len(classes) != 2 or not hasattr(estimator, "predict_proba"):
-            raise ModelLoadError(
-                f"{model_dir}: {type(estimator).__name__} is not a binary classifier with predict_proba "
-                "(bentoship serves binary classifiers and regressors)"
-            )
-        predict_proba = estimator.predict_proba
-
-        def proba(matrix: np.ndarray) -> np.ndarray:
-            return predict_proba(matrix)[:, 1]  # type: ignore[no-any-return]
-
-        return proba, "predict_proba[:, 1]"
-    return estimator.predict, "predict"
+        raise ModelLoadError(f"{model_dir}/MLmodel: unknown serialization_format {fmt!r}")
+    return sklearn_flavor.scorer(estimator, model_dir, how)
 
 
 # --- pickle fallbacks ----------------------------------------------------------------------
@@ -335,21 +295,25 @@ def _mlflow_pickle_allowed() -> Iterator[None]:
             os.environ[name] = before
 
 
-def _load_pyfunc(
-    model_dir: Path, columns: tuple[str, ...], types: tuple[str, ...]
-) -> tuple[Scorer, str]:
+def _load_pyfunc(model_dir: Path, columns: tuple[str, ...], types: tuple[str, ...]) -> Loaded:
+    """A pickled ``PythonModel``: served as a regressor of the numbers its ``predict`` answers
+    (it names no classes to serve as labels)."""
     model = _with_mlflow(lambda mlflow: mlflow.pyfunc.load_model(str(model_dir)), model_dir)
 
     def scorer(matrix: np.ndarray) -> np.ndarray:
-        out = np.asarray(model.predict(_frame(matrix, columns, types)), dtype=np.float64)
-        if out.ndim == 2 and out.shape[1] == 2:
-            return out[:, 1]  # two columns: class probabilities of a binary classifier
-        if out.ndim == 2 and out.shape[1] == 1:
-            return out[:, 0]
-        return out
+        out = model.predict(_frame(matrix, columns, types))
+        try:
+            values = np.asarray(out, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ModelLoadError(
+                f"{model_dir}: its pyfunc predict answered non-numbers; a python_function model "
+                "is served as a regressor (log a classifier with a native flavor)"
+            ) from None
+        return values.reshape(values.shape[0], -1)
 
     loader_module = model.metadata.flavors.get("python_function", {}).get("loader_module")
-    return scorer, f"mlflow.pyfunc (pickle allowed, {loader_module})"
+    return Loaded(scorer, ModelOutput("regression"),
+                  f"mlflow.pyfunc (pickle allowed, {loader_module})")
 
 
 _PANDAS_DTYPES = {

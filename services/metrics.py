@@ -1,22 +1,31 @@
 """The service's Prometheus metrics (contract 5), exactly these names:
 
-==========================================  =========  ============================
+==========================================  =========  ====================================
 ``bentoship_requests_total``                counter    ``variant``, ``status``
 ``bentoship_request_duration_seconds``      histogram  ``variant``
 ``bentoship_rows_per_request``              histogram  ``variant``
-``bentoship_prediction_score``              histogram  ``variant``
-==========================================  =========  ============================
+``bentoship_predictions_total``             counter    ``variant``, ``label`` (classifiers)
+``bentoship_prediction_confidence``         histogram  ``variant`` (classifiers: top probability)
+``bentoship_prediction_score``              histogram  ``variant`` (binary: P(positive class))
+``bentoship_prediction_value``              histogram  ``variant``, ``target`` (regressors)
+==========================================  =========  ====================================
+
+What the models answer, per variant, for every task kind: a classifier's labels (every row
+counted) and its top probability; a binary classifier's score; a regressor's values (``target``
+is the output column's name, or ``prediction`` for a single value). A canary compares these
+between baseline and canary.
 
 A request whose rows went to both variants counts once for each variant (its duration is
 observed for both, its rows split between them).
 
-``bentoship_prediction_score`` observes at most :data:`SCORES_PER_REQUEST` scores per request
-and variant: all of them for small requests (the usual online case), an evenly strided
-sample of a larger batch. In BentoML's multiprocess mode each observation is a locked write
-to a memory-mapped file (4-25 us); observing every row of a 100-row batch cost more than
-scoring it. Exact row counts are in ``bentoship_rows_per_request_sum``. A request refused before routing (bad
-input, too many rows) is labelled ``variant="none"``; a model or hook failure carries the
-variant it happened in. ``status`` is the HTTP code as a string.
+The histograms of answers observe at most :data:`SCORES_PER_REQUEST` rows per request and
+variant: all of them for small requests (the usual online case), an evenly strided sample of
+a larger batch. In BentoML's multiprocess mode each observation is a locked write to a
+memory-mapped file (4-25 us); observing every row of a 100-row batch cost more than scoring
+it. Exact row counts are in ``bentoship_rows_per_request_sum`` and the label counter. A
+request refused before routing (bad input, too many rows) is labelled ``variant="none"``; a
+model or hook failure carries the variant it happened in. ``status`` is the HTTP code as a
+string.
 
 They are plain ``prometheus_client`` metrics: ``bentoml.metrics`` is only a deprecated alias
 of that module in BentoML 1.4, and BentoML's ``/metrics`` serves the default registry
@@ -33,6 +42,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from services.answers import VariantAnswer
+from services.config import Output
 
 UNROUTED = "none"
 SCORES_PER_REQUEST = 16
@@ -54,12 +66,18 @@ DURATION_BUCKETS = (
 )
 ROWS_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+# A regressor's values can have any scale: buckets symmetric in decades; the mean per variant
+# (``_sum`` / ``_count``) is what a canary compares.
+VALUE_BUCKETS = (-1e4, -1e3, -100.0, -10.0, -1.0, -0.1, 0.0, 0.1, 1.0, 10.0, 100.0, 1e3, 1e4)
 
 METRIC_NAMES = (
     "bentoship_requests_total",
     "bentoship_request_duration_seconds",
     "bentoship_rows_per_request",
+    "bentoship_predictions_total",
+    "bentoship_prediction_confidence",
     "bentoship_prediction_score",
+    "bentoship_prediction_value",
 )
 
 
@@ -68,16 +86,40 @@ class Metrics:
     requests: Any
     duration: Any
     rows: Any
+    predictions: Any
+    confidence: Any
     score: Any
+    value: Any
 
-    def record_success(self, duration: float, scores_by_variant: Mapping[str, np.ndarray]) -> None:
-        for variant, scores in scores_by_variant.items():
+    def record_success(
+        self, duration: float, answers: Mapping[str, VariantAnswer], output: Output
+    ) -> None:
+        for variant, answer in answers.items():
             self.requests.labels(variant=variant, status="200").inc()
             self.duration.labels(variant=variant).observe(duration)
-            self.rows.labels(variant=variant).observe(len(scores))
-            observe = self.score.labels(variant=variant).observe
-            for value in sample_scores(scores).tolist():
-                observe(value)
+            self.rows.labels(variant=variant).observe(len(answer.values))
+            if answer.label_index is not None:
+                counts = np.bincount(answer.label_index, minlength=len(output.classes))
+                for key, count in zip(output.keys, counts.tolist()):
+                    if count:
+                        self.predictions.labels(variant=variant, label=key).inc(count)
+                sample = sample_rows(answer.values)
+                observe = self.confidence.labels(variant=variant).observe
+                for value in sample.max(axis=1).tolist():
+                    observe(value)
+                if output.binary:
+                    observe = self.score.labels(variant=variant).observe
+                    for value in sample[:, 1].tolist():
+                        observe(value)
+            else:
+                sample = sample_rows(answer.values)
+                names = output.target_names or (
+                    ("prediction",) if output.targets == 1
+                    else tuple(str(i) for i in range(output.targets)))
+                for j, name in enumerate(names):
+                    observe = self.value.labels(variant=variant, target=name).observe
+                    for value in sample[:, j].tolist():
+                        observe(value)
 
     def record_failure(self, duration: float, status: int, variant: str | None) -> None:
         label = variant or UNROUTED
@@ -85,18 +127,18 @@ class Metrics:
         self.duration.labels(variant=label).observe(duration)
 
 
-def sample_scores(scores: np.ndarray, limit: int = SCORES_PER_REQUEST) -> np.ndarray:
-    """All scores if there are at most ``limit``, else an evenly strided sample of ``limit``."""
-    if len(scores) <= limit:
-        return scores
-    return scores[np.linspace(0, len(scores) - 1, limit).round().astype(np.intp)]
+def sample_rows(values: np.ndarray, limit: int = SCORES_PER_REQUEST) -> np.ndarray:
+    """All rows if there are at most ``limit``, else an evenly strided sample of ``limit``."""
+    if len(values) <= limit:
+        return values
+    return values[np.linspace(0, len(values) - 1, limit).round().astype(np.intp)]
 
 
 _DEFAULT: list[Metrics] = []  # the metrics in prometheus' global registry, created once
 
 
 def create_metrics(registry: Any = None) -> Metrics:
-    """The four metrics in ``registry``; by default prometheus' global one (created once)."""
+    """The metrics in ``registry``; by default prometheus' global one (created once)."""
     import prometheus_client
 
     if registry is None:
@@ -128,11 +170,31 @@ def _register(prometheus_client: Any, registry: Any) -> Metrics:
             buckets=ROWS_BUCKETS,
             registry=registry,
         ),
-        score=prometheus_client.Histogram(
-            "bentoship_prediction_score",
-            "Scores returned, by variant (probability for classifiers).",
+        predictions=prometheus_client.Counter(
+            "bentoship_predictions",  # exposed as bentoship_predictions_total
+            "Rows answered with each class label, by variant (classifiers).",
+            ["variant", "label"],
+            registry=registry,
+        ),
+        confidence=prometheus_client.Histogram(
+            "bentoship_prediction_confidence",
+            "Probability of the predicted class, by variant (classifiers).",
             ["variant"],
             buckets=SCORE_BUCKETS,
+            registry=registry,
+        ),
+        score=prometheus_client.Histogram(
+            "bentoship_prediction_score",
+            "Probability of the positive class, by variant (binary classifiers).",
+            ["variant"],
+            buckets=SCORE_BUCKETS,
+            registry=registry,
+        ),
+        value=prometheus_client.Histogram(
+            "bentoship_prediction_value",
+            "Predicted values, by variant and target (regressors).",
+            ["variant", "target"],
+            buckets=VALUE_BUCKETS,
             registry=registry,
         ),
     )

@@ -12,9 +12,9 @@ client generated from a single-model release still reads an A/B release's rows.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
-from services.config import ServiceConfig
+from services.config import Flavor, ServiceConfig, Task
 from services.json_schema import (
     ERROR_CODES,
     error_schema,
@@ -41,7 +41,6 @@ _ROUTING_CODES = ("not_found", "method_not_allowed")
 # Variant roles the pipeline configures; always listed so the enum does not change between a
 # single-model release and an A/B release.
 _ROLES = ("control", "treatment")
-_BUILT_IN_POSTPROCESS = "services.hooks:postprocess"
 # What JSON numbers each column type accepts (services/config.py `check_value`).
 _BOUNDS: dict[str, tuple[float, float]] = {
     "long": (-(2**63), 2**63 - 1),
@@ -211,7 +210,7 @@ def _error_example(status: str, config: ServiceConfig) -> dict[str, Any]:
     code, row, field, text = {
         "400": ("invalid_json", None, None, "body is not valid JSON: unexpected character"),
         "413": ("too_many_rows", None, "rows", rows),
-        "422": ("invalid_input", 0, config.features[0].name, "required field is missing"),
+        "422": ("invalid_input", 0, config.request_fields[0].name, "required field is missing"),
         "500": ("model_failed", None, None, "model returned NaN or infinite scores"),
         "503": ("not_ready", None, None, "models are still loading"),
     }[status]
@@ -223,14 +222,14 @@ def _row(config: ServiceConfig) -> dict[str, Any]:
     nullable, with an example; the routing key a string or an integer, or null."""
     schema = row_schema(config)
     properties = schema["properties"]
-    for feature in config.features:
+    for feature in config.request_fields:
         if feature.type in _BOUNDS:
             low, high = _BOUNDS[feature.type]
             properties[feature.name].update(minimum=low, maximum=high)
     key_field = config.routing.key_field
     key_header = config.routing.key_header
     header = f"the `{key_header}` header, else " if key_header else ""
-    if key_field is not None and key_field not in config.feature_names:
+    if key_field is not None and key_field not in [f.name for f in config.request_fields]:
         # OpenAPI 3.0 reads `nullable` only next to a `type`, so each branch carries it; anyOf,
         # because null matches both branches and oneOf would then refuse it.
         properties[key_field] = {
@@ -264,22 +263,7 @@ def _prediction_row(config: ServiceConfig) -> dict[str, Any]:
         f"serves {served}.",
         "example": config.control.version,
     }
-    if config.postprocess != _BUILT_IN_POSTPROCESS:
-        # A custom hook decides the other fields: only what the service adds is promised.
-        for name in ("prediction", "score"):
-            properties.pop(name)
-        schema["required"] = ["variant", "model_version"]
-        schema["additionalProperties"] = True
-        schema["description"] = (
-            f"Fields returned by the postprocess hook {config.postprocess}, plus `variant` "
-            "and `model_version`."
-        )
-        schema["example"] = {
-            "variant": config.control.name,
-            "model_version": config.control.version,
-        }
-    else:
-        schema["additionalProperties"] = False
+    schema["additionalProperties"] = False
     return schema
 
 
@@ -312,7 +296,7 @@ def _metadata_schema(config: ServiceConfig) -> dict[str, Any]:
             "registered_name": string,
             "version": string,
             "run_id": string,
-            "flavor": {"type": "string", "enum": ["xgboost", "sklearn", "python_function"]},
+            "flavor": {"type": "string", "enum": list(get_args(Flavor))},
             "weight": {"type": "integer", "minimum": 0, "maximum": 100},
             "loader": {
                 **nullable_string,
@@ -366,8 +350,23 @@ def _metadata_schema(config: ServiceConfig) -> dict[str, Any]:
             "max_rows": {"type": "integer"},
             "threshold": {"type": "number"},
             "allow_pickle": {"type": "boolean"},
-            "preprocess": string,
-            "postprocess": string,
+            "trusted_types": {"type": "array", "items": string},
+            "output": {
+                "type": "object",
+                "description": "What the models answer: task, classes, targets.",
+                "properties": {
+                    "task": {"type": "string", "enum": list(get_args(Task))},
+                    "classes": {"type": "array", "items": {"anyOf": [string, {"type": "integer"}]}},
+                    "targets": {"type": "integer"},
+                    "target_names": {"type": "array", "items": string},
+                },
+                "required": ["task", "classes", "targets", "target_names"],
+            },
+            "hooks": {
+                "type": "object",
+                "nullable": True,
+                "description": "The team's hook module and the columns it declared; null: none.",
+            },
         },
         "required": [
             "name",
@@ -380,7 +379,8 @@ def _metadata_schema(config: ServiceConfig) -> dict[str, Any]:
             "max_rows",
             "threshold",
             "allow_pickle",
-            "preprocess",
-            "postprocess",
+            "trusted_types",
+            "output",
+            "hooks",
         ],
     }

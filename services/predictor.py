@@ -1,13 +1,16 @@
 """One prediction request, start to finish, without HTTP or BentoML.
 
 bytes --parse_body--> JSON --validate--> Batch(matrix, keys)
-      --preprocess--> matrix --assign--> variant per row
-      --model.predict_scores (per variant)--> scores --postprocess--> rows, in input order
+      [--preprocess hook (DataFrames)-->] features matrix --assign--> variant per row
+      --model.predict (per variant)--> (n, k) --decide--> answer rows
+      [--postprocess hook (DataFrames)-->] rows, in input order
 
-When a model raises or scores NaN/infinity, the rows it cannot score are looked for: if the
-model still scores the configured example row and some rows fail on their own, those rows are
-outside what the model can compute with (e.g. magnitudes that overflow its arithmetic) and the
-request is refused as ``invalid_input`` (422) naming them; otherwise it is ``model_failed``.
+Without hooks the request is the model's features and no pandas runs (``services/frames.py``
+is the hook path). When a model raises or answers NaN/infinity, the rows it cannot score are
+looked for: if the model still scores the configured example row and some rows fail on their
+own, those rows are outside what the model can compute with (e.g. magnitudes that overflow
+its arithmetic) and the request is refused as ``invalid_input`` (422) naming them; otherwise
+it is ``model_failed``.
 """
 
 from __future__ import annotations
@@ -19,10 +22,20 @@ from typing import Any
 
 import numpy as np
 
+from services import frames
+from services.answers import VariantAnswer, answer_rows, decide
 from services.config import ServiceConfig
-from services.errors import InvalidInputError, ModelError, Problem, ServiceError, describe, problem
-from services.hooks import Postprocess, Preprocess, resolve_hook, run_postprocess, run_preprocess
-from services.json_schema import example_row
+from services.errors import (
+    ConfigError,
+    InvalidInputError,
+    ModelError,
+    Problem,
+    ServiceError,
+    describe,
+    problem,
+)
+from services.hooks import Hooks, load_hooks
+from services.json_schema import example_request_row, example_row
 from services.loading import LoadedModel
 from services.routing import Router, assign
 from services.schema import MAX_PROBLEMS, RowSchema, compile_schema, parse_body, validate
@@ -30,19 +43,19 @@ from services.schema import MAX_PROBLEMS, RowSchema, compile_schema, parse_body,
 
 @dataclass(frozen=True)
 class Prediction:
-    """Response rows in input order, and each variant's scores (for metrics)."""
+    """Response rows in input order, and each variant's answer (for metrics)."""
 
     rows: list[dict[str, Any]]
-    scores_by_variant: dict[str, np.ndarray]
+    answers: dict[str, VariantAnswer]
 
 
 @dataclass(frozen=True)
 class Predictor:
     config: ServiceConfig
     models: Mapping[str, LoadedModel]
-    preprocess: Preprocess
-    postprocess: Postprocess
-    schema: RowSchema = field(repr=False)
+    hooks: Hooks = field(repr=False)
+    schema: RowSchema = field(repr=False)  # what a caller sends
+    features: RowSchema = field(repr=False)  # what the models take
     router: Router = field(repr=False)
 
     @classmethod
@@ -50,12 +63,16 @@ class Predictor:
         missing = [v.name for v in config.variants if v.name not in models]
         if missing:
             raise ServiceError(f"no loaded model for variant(s) {missing}")
+        for name, model in models.items():
+            check_output(config, name, model)
+        hooks = load_hooks(config.hooks.module if config.hooks is not None else None)
+        _check_declarations(config, hooks)
         return cls(
             config=config,
             models=dict(models),
-            preprocess=resolve_hook(config.preprocess, "preprocess"),
-            postprocess=resolve_hook(config.postprocess, "postprocess"),
+            hooks=hooks,
             schema=compile_schema(config),
+            features=compile_schema(config, config.features),
             router=Router.from_config(config),
         )
 
@@ -82,67 +99,72 @@ class Predictor:
     ) -> Prediction:
         batch = validate(body, self.schema)
         assignment = assign(self.router, batch.keys, header_key, override, draw)
-        matrix = run_preprocess(self.preprocess, batch.matrix, self.schema.names)
+        request = None
+        matrix = batch.matrix
+        if self.hooks.preprocess is not None or self.hooks.postprocess is not None:
+            fields = self.config.request_fields
+            request = frames.request_frame(batch, fields, self.config.routing.key_field)
+            if self.hooks.preprocess is not None:
+                matrix = frames.run_preprocess(self.hooks.preprocess, request,
+                                               self.config.features)
         names = self.router.names
         first = int(assignment[0])
         if len(names) == 1 or not np.any(assignment != first):
-            rows, scores = self._score_variant(names[first], matrix, np.arange(len(batch)))
-            return Prediction(rows=rows, scores_by_variant={names[first]: scores})
-        out: list[dict[str, Any]] = [{}] * len(batch)
-        scores_by_variant: dict[str, np.ndarray] = {}
-        for index, name in enumerate(names):
-            positions = np.flatnonzero(assignment == index)
-            if positions.size == 0:
-                continue
-            rows, scores = self._score_variant(name, matrix[positions], positions)
-            for position, row in zip(positions.tolist(), rows):
-                out[position] = row
-            scores_by_variant[name] = scores
-        return Prediction(rows=out, scores_by_variant=scores_by_variant)
+            rows, answer = self._score_variant(names[first], matrix, np.arange(len(batch)))
+            answers = {names[first]: answer}
+        else:
+            rows = [{}] * len(batch)
+            answers = {}
+            for index, name in enumerate(names):
+                positions = np.flatnonzero(assignment == index)
+                if positions.size == 0:
+                    continue
+                part, answer = self._score_variant(name, matrix[positions], positions)
+                for position, row in zip(positions.tolist(), part):
+                    rows[position] = row
+                answers[name] = answer
+        if self.hooks.postprocess is not None:
+            assert self.config.hooks is not None
+            rows = frames.run_postprocess(self.hooks.postprocess, request, rows,
+                                          self.config.hooks.response)
+        return Prediction(rows=rows, answers=answers)
 
     def _score_variant(
         self, name: str, matrix: np.ndarray, positions: np.ndarray
-    ) -> tuple[list[dict[str, Any]], np.ndarray]:
+    ) -> tuple[list[dict[str, Any]], VariantAnswer]:
         """Score `matrix` (the request's rows at `positions`) with one variant."""
         variant = self.config.variant(name)
         try:
-            try:
-                scores = self.models[name].predict_scores(matrix)
-            except Exception as exc:
-                self._refuse_unscorable_rows(name, matrix, positions)
-                raise ModelError("model raised", [problem(None, None, describe(exc))]) from exc
-            if scores.shape != (matrix.shape[0],):
-                raise ModelError(
-                    "model returned the wrong shape",
-                    [
-                        problem(
-                            None,
-                            None,
-                            f"expected {matrix.shape[0]} scores, got shape {scores.shape}",
-                        )
-                    ],
-                )
-            if not np.all(np.isfinite(scores)):
-                self._refuse_unscorable_rows(name, matrix, positions)
-                bad = np.flatnonzero(~np.isfinite(scores))[:5].tolist()
-                raise ModelError(
-                    "model returned non-finite scores",
-                    [
-                        problem(
-                            None,
-                            None,
-                            f"model returned NaN or infinite scores (first at variant rows {bad})",
-                        )
-                    ],
-                )
-            rows = run_postprocess(self.postprocess, scores, self.config.threshold)
+            values = self._predict(name, matrix, positions)
+            answer = decide(self.config.output, values, self.config.threshold)
+            rows = answer_rows(self.config.output, answer)
         except ServiceError as exc:
             exc.variant = name
             raise
         for row in rows:
             row["variant"] = name
             row["model_version"] = variant.version
-        return rows, scores
+        return rows, answer
+
+    def _predict(self, name: str, matrix: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        expected = (matrix.shape[0], self.config.output_width)
+        try:
+            values = self.models[name].predict(matrix)
+        except Exception as exc:
+            self._refuse_unscorable_rows(name, matrix, positions)
+            raise ModelError("model raised", [problem(None, None, describe(exc))]) from exc
+        if values.shape != expected:
+            raise ModelError("model returned the wrong shape", [
+                problem(None, None, f"expected an answer of shape {expected}, got {values.shape}")
+            ])
+        if not np.all(np.isfinite(values)):
+            self._refuse_unscorable_rows(name, matrix, positions)
+            bad = np.flatnonzero(~np.isfinite(values).all(axis=1))[:5].tolist()
+            raise ModelError("model returned non-finite scores", [
+                problem(None, None,
+                        f"model returned NaN or infinite scores (first at variant rows {bad})")
+            ])
+        return values
 
     def _refuse_unscorable_rows(self, name: str, matrix: np.ndarray, positions: np.ndarray) -> None:
         """Raise ``invalid_input`` naming the rows a sound model cannot score; else return.
@@ -152,8 +174,7 @@ class Predictor:
         """
         model = self.models[name]
         try:
-            example = validate({"rows": [example_row(self.config)]}, self.schema).matrix
-            example = run_preprocess(self.preprocess, example, self.schema.names)
+            example = self.example_matrix()
         except ServiceError:
             return
         if _score_failure(model, example) is not None:
@@ -169,21 +190,59 @@ class Predictor:
         if problems:
             raise InvalidInputError(f"{len(problems)} row(s) the model cannot score", problems)
 
+    def example_matrix(self) -> np.ndarray:
+        """The configured example row of the models' features, as a matrix."""
+        return validate({"rows": [example_row(self.config)]}, self.features).matrix
+
     def warm_up(self) -> None:
-        """Score the configured examples once through every variant (raises on failure)."""
-        body = {"rows": [example_row(self.config)]}
+        """Answer the configured example request once through every variant (raises on failure)."""
+        body = {"rows": [example_request_row(self.config)]}
         for variant in self.config.variants:
             self.predict_parsed(body, override=variant.name)
+
+
+def check_output(config: ServiceConfig, name: str, model: LoadedModel) -> None:
+    """A variant's model answers what the service was built to answer; else ``ConfigError``."""
+    got = model.output
+    want = config.output
+    if (got.task, tuple(got.classes)) != (want.task, tuple(want.classes)) or (
+        want.task == "regression" and got.targets != want.targets
+    ):
+        raise ConfigError(
+            f"variant {name}: the model answers {describe_output(got)}, the service was built "
+            f"for {describe_output(want)}"
+        )
+
+
+def describe_output(output: Any) -> str:
+    """``classification with classes [...]`` / ``regression with 1 target``, for messages."""
+    if output.task == "classification":
+        return f"classification with classes {list(output.classes)}"
+    return f"regression with {output.targets} target(s)"
+
+
+def _check_declarations(config: ServiceConfig, hooks: Hooks) -> None:
+    declared = config.hooks
+    if declared is None:
+        return
+    found = (hooks.preprocess is not None, hooks.postprocess is not None, hooks.request,
+             hooks.response)
+    built = (declared.preprocess, declared.postprocess, declared.request, declared.response)
+    if found != built:
+        raise ConfigError(
+            f"hooks {declared.module!r} differ from what this service was built with "
+            "(functions or declared columns changed): rebuild the image"
+        )
 
 
 def _score_failure(model: LoadedModel, matrix: np.ndarray) -> str | None:
     """Why `model` cannot score `matrix` (raises, wrong shape, NaN/infinity), or None."""
     try:
-        scores = model.predict_scores(matrix)
+        values = model.predict(matrix)
     except Exception as exc:  # noqa: BLE001 - whatever the model's code raises is the answer
         return describe(exc)
-    if scores.shape != (matrix.shape[0],):
-        return f"expected {matrix.shape[0]} scores, got shape {scores.shape}"
-    if not np.all(np.isfinite(scores)):
+    if values.shape[0] != matrix.shape[0]:
+        return f"expected {matrix.shape[0]} answers, got shape {values.shape}"
+    if not np.all(np.isfinite(values)):
         return "it returned NaN or infinity"
     return None

@@ -26,13 +26,14 @@ The same rules as JSON Schemas, for the OpenAPI document, are in ``json_schema.p
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 
-from services.config import NUMERIC_TYPES, ServiceConfig, check_value, json_type_name
+from services.config import NUMERIC_TYPES, Feature, ServiceConfig, check_value, json_type_name
 from services.errors import (
     InvalidInputError,
     MalformedBodyError,
@@ -76,11 +77,13 @@ class Batch:
         return len(self.keys)
 
 
-def compile_schema(config: ServiceConfig) -> RowSchema:
+def compile_schema(config: ServiceConfig, fields: Sequence[Feature] | None = None) -> RowSchema:
+    """The rows a caller sends (``config.request_fields``), or rows of `fields`."""
+    columns = config.request_fields if fields is None else tuple(fields)
     return RowSchema(
-        names=config.feature_names,
-        types=tuple(f.type for f in config.features),
-        required=tuple(f.required for f in config.features),
+        names=tuple(f.name for f in columns),
+        types=tuple(f.type for f in columns),
+        required=tuple(f.required for f in columns),
         key_field=config.routing.key_field,
         max_rows=config.max_rows,
     )

@@ -22,7 +22,7 @@ import bentoml
 from services.app import AppState, create_app
 from services.config import CONFIG_FILENAME, ServiceConfig, Variant, load_config
 from services.errors import ModelLoadError
-from services.loading import MODEL_SUBDIR, LoadedModel, load_model
+from services.loading import MODEL_SUBDIR, LoadedModel, load_variant
 from services.metrics import create_metrics
 from services.predictor import Predictor
 
@@ -42,16 +42,10 @@ class _Bentoship:
 
     def __init__(self) -> None:
         models: dict[str, LoadedModel] = {}
-        types = tuple(f.type for f in CONFIG.features)
         for variant in CONFIG.variants:
             stored: bentoml.Model = getattr(self, model_attribute(variant))
             _check_metadata(variant, stored)
-            models[variant.name] = load_model(
-                Path(stored.path) / MODEL_SUBDIR,
-                CONFIG.feature_names,
-                types,
-                allow_pickle=CONFIG.allow_pickle,
-            )
+            models[variant.name] = load_variant(CONFIG, Path(stored.path) / MODEL_SUBDIR)
             logger.info(
                 "variant %s: %s loaded with %s",
                 variant.name,

@@ -115,7 +115,9 @@ def save_sklearn(
                 include_skops=serialization_format == "skops",
             ),
         ]
-    signature = infer_signature(X, model.predict_proba(X)[:, 1])
+    signature = infer_signature(
+        X, model.predict_proba(X)[:, 1] if hasattr(model, "predict_proba") else model.predict(X)
+    )
     mlflow.sklearn.save_model(
         model,
         str(path),
@@ -240,6 +242,8 @@ def make_config(
             "key_header": "x-bentoship-key",
             "override_header": "x-bentoship-variant",
         },
+        # The models of this kit are binary classifiers of 0/1 (make_data).
+        "output": {"task": "classification", "classes": [0, 1]},
     }
     data.update(overrides)
     return ServiceConfig.model_validate(data)

@@ -30,7 +30,10 @@ SERVICE_IMPORT = "services.service:Bentoship"
 # What of the service template never goes into a Bento (nor into a copy's code version).
 TEMPLATE_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "bentoship.json", "requirements.*")
 # Flavors the service loads without mlflow.pyfunc (and therefore without pickle).
-NATIVE_FLAVORS = ("xgboost", "sklearn")
+NATIVE_FLAVORS = ("xgboost", "lightgbm", "onnx", "sklearn")
+# Where a hook file named by path goes in the build context, and the module it becomes.
+HOOKS_FILE = "team_hooks.py"
+HOOKS_MODULE = "services.team_hooks"
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class ModelInfo:
     features: tuple[dict[str, Any], ...]  # MLflow column specs: name, type, required
     example_rows: tuple[dict[str, Any], ...]
     manifest_sha256: str
+    output_names: tuple[str, ...] = ()  # the output signature's column names, if it has any
 
     @property
     def bento_tag(self) -> str:
@@ -69,8 +73,14 @@ def inspect_model(variant: str, mv: ModelVersion, path: Path, manifest_sha256: s
     except (OSError, yaml.YAMLError) as exc:
         raise ArtifactError(f"{mv}: cannot read its MLmodel file: {exc}") from exc
     flavors = mlmodel.get("flavors") or {}
+    lgb = flavors.get("lightgbm") or {}
     if "xgboost" in flavors:
         flavor = "xgboost"
+    elif lgb and (lgb.get("model_class", "lightgbm.basic.Booster") == "lightgbm.basic.Booster"
+                  or lgb.get("serialization_format") == "skops"):
+        flavor = "lightgbm"
+    elif "onnx" in flavors:
+        flavor = "onnx"
     elif "sklearn" in flavors and flavors["sklearn"].get("serialization_format") == "skops":
         flavor = "sklearn"
     elif "python_function" in flavors:
@@ -100,7 +110,16 @@ def inspect_model(variant: str, mv: ModelVersion, path: Path, manifest_sha256: s
         features=features,
         example_rows=_example_rows(mv, path, mlmodel),
         manifest_sha256=manifest_sha256,
+        output_names=_output_names(signature),
     )
+
+
+def _output_names(signature: dict[str, Any]) -> tuple[str, ...]:
+    raw = signature.get("outputs")
+    specs = json.loads(raw) if isinstance(raw, str) else raw
+    if not isinstance(specs, list) or not all(isinstance(c, dict) and "name" in c for c in specs):
+        return ()
+    return tuple(str(c["name"]) for c in specs)
 
 
 def _example_rows(mv: ModelVersion, path: Path, mlmodel: dict[str, Any]) -> tuple[dict[str, Any], ...]:
@@ -135,18 +154,26 @@ def check_compatible(models: Sequence[ModelInfo]) -> None:
         )
 
 
-def write_context(config: dict[str, Any], dest: Path, services_dir: Path | None = None) -> Path:
-    """Copy the service template into `dest` with its configuration next to it.
+def write_context(dest: Path, services_dir: Path | None = None,
+                  hooks_file: Path | None = None) -> Path:
+    """Copy the service template into `dest` (its configuration comes later: `write_config`).
 
     The template is the checkout's `services/`, or `services_dir` when given (a copy of it).
+    A team's hook file named by path goes in as `services/team_hooks.py`.
     """
+    target = dest / "services"
+    shutil.copytree(services_dir or SERVICES_DIR, target, ignore=TEMPLATE_IGNORE)
+    if hooks_file is not None:
+        shutil.copyfile(hooks_file, target / HOOKS_FILE)
+    return dest
+
+
+def write_config(context: Path, config: dict[str, Any]) -> None:
+    """Validate the service's configuration and write it as `services/bentoship.json`."""
     from services.config import ServiceConfig
 
     validated = ServiceConfig.model_validate(config)
-    target = dest / "services"
-    shutil.copytree(services_dir or SERVICES_DIR, target, ignore=TEMPLATE_IGNORE)
-    (target / "bentoship.json").write_text(validated.model_dump_json(indent=2))
-    return dest
+    (context / "services" / "bentoship.json").write_text(validated.model_dump_json(indent=2))
 
 
 _BUILD_SCRIPT = """

@@ -12,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from pipeline import identity
-from pipeline.build import bento
+from pipeline.build import bento, loadcheck
 from pipeline.build.service import content_version, service_config, service_openapi
 from pipeline.config import BuildConfig, Settings
 from pipeline.errors import ConfigError
@@ -33,6 +34,45 @@ from pipeline.progress import Echo
 
 PROJECT_ROOT = bento.SERVICES_DIR.parent
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_TYPE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+
+
+@dataclass(frozen=True)
+class HookSource:
+    """Where the team's hook module comes from: its module name in the image, and the file
+    copied in as `services/team_hooks.py` when it was named by path."""
+
+    module: str
+    file: Path | None
+
+
+def hook_source(req: BuildRequest) -> HookSource | None:
+    """The request's hook module (--hooks, else [service] hooks), checked to exist."""
+    spec = req.hooks
+    base = Path.cwd()
+    if spec is None:
+        spec, base = req.build_config.service.hooks, req.build_config.service.base_dir
+    if spec is None:
+        return None
+    template = req.services_dir or bento.SERVICES_DIR
+    if spec.endswith(".py"):
+        path = (base / spec).resolve()
+        if not path.is_file():
+            raise ConfigError(f"hooks {spec!r}: no such file ({path})")
+        if req.services_dir is None and not path.is_relative_to(PROJECT_ROOT):
+            raise ConfigError(
+                f"hooks {spec!r} ({path}) is outside the repository {PROJECT_ROOT}: the image's "
+                "code version is the repository's commit, so the hooks must be in it"
+            )
+        return HookSource(bento.HOOKS_MODULE, path)
+    parts = spec.split(".")
+    if parts[0] != "services" or len(parts) < 2 or not all(p.isidentifier() for p in parts):
+        raise ConfigError(f"hooks {spec!r}: name a module under services/ (services.my_hooks) "
+                          "or a .py file")
+    module_file = template.joinpath(*parts[1:]).with_suffix(".py")
+    if not module_file.is_file():
+        raise ConfigError(f"hooks {spec!r}: no module file {module_file}")
+    return HookSource(spec, None)
 
 
 @dataclass(frozen=True)
@@ -53,8 +93,17 @@ class BuildRequest:
     # Build from this copy of the service template instead of the checkout's services/ (tests,
     # benchmarks); its code version is then a hash of its content, `src-<hash7>`.
     services_dir: Path | None = None
-    # The `[build]` table of bentoship.toml: which of the models' requirements are left out.
+    # The `[build]` and `[service]` tables of bentoship.toml: requirements left out, trusted
+    # types, the team's hook module.
     build_config: BuildConfig = field(default_factory=BuildConfig)
+    # skops types trusted by name on the command line (--trust-type), beside [build]'s.
+    trusted_types: tuple[str, ...] = ()
+    # The hook module (--hooks): a module under services/ or a .py path; beats [service] hooks.
+    hooks: str | None = None
+
+    @property
+    def all_trusted_types(self) -> tuple[str, ...]:
+        return tuple(sorted({*self.build_config.trusted_types, *self.trusted_types}))
 
 
 def _validate_request(req: BuildRequest) -> tuple[int, int]:
@@ -70,6 +119,12 @@ def _validate_request(req: BuildRequest) -> tuple[int, int]:
         )
     if not 1 <= req.max_rows <= 100_000:
         raise ConfigError(f"--max-rows must be between 1 and 100000, got {req.max_rows}")
+    if not 0.0 <= req.threshold <= 1.0:
+        raise ConfigError(f"--threshold is a probability, between 0 and 1, got {req.threshold}")
+    bad = [t for t in req.trusted_types if not _TYPE.match(t)]
+    if bad:
+        raise ConfigError(f"--trust-type takes full type names such as "
+                          f"xgboost.sklearn.XGBClassifier, got {bad}")
     return (100, 0) if req.treatment is None else (100 - weight, weight)
 
 
@@ -83,6 +138,7 @@ class Resolved:
     code: CodeVersion
     name: str
     tag: str
+    hooks: HookSource | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +150,9 @@ class Plan:
     requirements: ResolvedRequirements
     config: dict[str, Any]
     config_sha256: str
+    context: Path  # the build context: services/ with its bentoship.json
+    examples: list[dict[str, Any]]  # request rows the smoke test sends
+    loadcheck_s: float = 0.0  # seconds the load check took (part of planning)
 
     @property
     def models(self) -> dict[str, dict[str, str]]:
@@ -118,8 +177,9 @@ def resolve_request(req: BuildRequest, settings: Settings, echo: Echo) -> Resolv
     for variant, mv in versions.items():
         via = f" (from {mv.requested_as})" if mv.requested_as != str(mv) else ""
         echo(f"  {variant}: {mv}{via}, run {mv.run_id[:8]}")
+    hooks = hook_source(req)
     code = (code_version(PROJECT_ROOT) if req.services_dir is None
-            else content_version(req.services_dir))
+            else content_version(req.services_dir, hooks.file if hooks else None))
     name = req.name or bento.service_name(versions["control"].name)
     if not _NAME.match(name):
         raise ConfigError(f"cannot use {name!r} as the service name: pass --name")
@@ -128,7 +188,7 @@ def resolve_request(req: BuildRequest, settings: Settings, echo: Echo) -> Resolv
         versions["treatment"].version if "treatment" in versions else None,
         code.label,
     )
-    return Resolved(req, weights, versions, code, name, tag)
+    return Resolved(req, weights, versions, code, name, tag, hooks)
 
 
 def plan(resolved: Resolved, settings: Settings, work: Path, echo: Echo) -> Plan:
@@ -162,5 +222,24 @@ def plan(resolved: Resolved, settings: Settings, work: Path, echo: Echo) -> Plan
         echo(f"  {dropped.note}")
     config = service_config(req, resolved.name, resolved.tag, resolved.code.label, infos,
                             resolved.weights)
+    # The service's own loader on every model, before anything slow: seconds, not the smoke
+    # test's readiness deadline. It also finds what the models answer and what the hooks take.
+    echo("Loading the models with the service's code")
+    hooks = resolved.hooks
+    context = bento.write_context(work / "bento-context", req.services_dir,
+                                  hooks.file if hooks else None)
+    started = time.monotonic()
+    checked = loadcheck.check_models(infos, context, config, echo=lambda m: echo(f"  {m}"),
+                                     hooks_module=hooks.module if hooks else None)
+    loadcheck_s = time.monotonic() - started
+    output = checked.output
+    if req.threshold != 0.5 and not (output["task"] == "classification"
+                                     and len(output["classes"]) == 2):
+        raise ConfigError(f"--threshold applies to binary classifiers; these models answer "
+                          f"{output['task']}" + (f" with classes {output['classes']}"
+                                                 if output["classes"] else ""))
+    config = {**config, "output": output, "hooks": checked.hooks}
+    bento.write_config(context, config)
     config_sha = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
-    return Plan(resolved, infos, requirements, config, config_sha)
+    return Plan(resolved, infos, requirements, config, config_sha, context, checked.examples,
+                loadcheck_s)

@@ -29,7 +29,9 @@ def service_config(
     req: BuildRequest, name: str, tag: str, code_label: str,
     infos: list[ModelInfo], weights: tuple[int, int],
 ) -> dict[str, Any]:
-    """The service's configuration (`services.config.ServiceConfig`, contract 2), as a dict."""
+    """The service's configuration (`services.config.ServiceConfig`, contract 2), as a dict,
+    without `output` and `hooks`: the load check finds those from the models and the hook
+    module (`loadcheck.check_models`)."""
     first = infos[0].example_rows[0] if infos[0].example_rows else {}
     return {
         "name": name,
@@ -50,12 +52,13 @@ def service_config(
         ],
         "routing": {
             "salt": req.salt or name,
-            "key_field": "request_id",
+            "key_field": req.build_config.service.key_field,
             "key_header": "x-bentoship-key",
             "override_header": "x-bentoship-variant",
         },
         "max_rows": req.max_rows,
         "allow_pickle": req.allow_pickle,
+        "trusted_types": list(req.all_trusted_types),
         "threshold": req.threshold,
     }
 
@@ -90,8 +93,9 @@ def service_openapi(config: dict[str, Any], services_dir: Path | None) -> dict[s
     return dict(json.loads(proc.stdout))
 
 
-def content_version(services_dir: Path) -> CodeVersion:
-    """The code version of a service template outside the checkout: a hash of its files."""
+def content_version(services_dir: Path, hooks_file: Path | None = None) -> CodeVersion:
+    """The code version of a service template outside the checkout: a hash of its files (and
+    of the hook file it is built with)."""
     if not (services_dir / "service.py").is_file():
         raise ConfigError(f"{services_dir} holds no service.py: it is not a copy of services/")
     digest = hashlib.sha256()
@@ -100,4 +104,6 @@ def content_version(services_dir: Path) -> CodeVersion:
         if TEMPLATE_IGNORE(str(path.parent), [path.name]) or "__pycache__" in rel.parts:
             continue
         digest.update(rel.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    if hooks_file is not None:
+        digest.update(b"hooks\0" + hooks_file.read_bytes() + b"\0")
     return CodeVersion(sha="", dirty=False, label=f"src-{digest.hexdigest()[:7]}")

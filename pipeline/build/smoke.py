@@ -152,7 +152,7 @@ def check_rows(rows_in: Sequence[dict[str, Any]], answer: dict[str, Any]) -> lis
             f"expected {len(rows_in)} rows back for the input example, got: {str(answer)[:300]}"
         )
     for i, row in enumerate(rows_out):
-        missing = {"prediction", "score", "variant", "model_version"} - set(row)
+        missing = {"prediction", "variant", "model_version"} - set(row)
         if missing:
             raise SmokeTestError(f"row {i} of the answer lacks {sorted(missing)}: {row}")
     return rows_out
@@ -180,12 +180,14 @@ def smoke_test(
 
 
 def example_row(container: Any) -> dict[str, Any]:
-    """One request row built from the feature examples in the image's service config."""
+    """One request row built from the examples in the image's service config: of the hook's
+    declared request fields, else of the features."""
     data = read_file(container, CONFIG_IN_IMAGE)
     if data is None:
         raise SmokeTestError(f"{CONFIG_IN_IMAGE} is not in the image: not a bentoship image")
     config = json.loads(data)
-    return {f["name"]: f.get("example") for f in config.get("features", [])}
+    fields = (config.get("hooks") or {}).get("request") or config.get("features", [])
+    return {f["name"]: f.get("example") for f in fields}
 
 
 def read_file(container: Any, path: str) -> bytes | None:

@@ -180,13 +180,24 @@ def test_metrics_have_the_contract_names_with_variant_labels(client: httpx.Clien
             client.post("/predict", json={"rows": [ROW]}, headers={"x-bentoship-variant": variant})
     client.post("/predict", content=b"nope")
     text = client.get("/metrics").text
+    # A binary classifier's service answers with labels, confidence and scores; a regressor's
+    # value histogram is never observed here, so (multiprocess mode) never exported.
     for name in METRIC_NAMES:
-        assert f"# TYPE {name} " in text, name
+        assert (f"# TYPE {name} " in text) == (name != "bentoship_prediction_value"), name
     for variant in ("control", "treatment"):
         assert f'bentoship_requests_total{{status="200",variant="{variant}"}}' in text
         assert f'bentoship_request_duration_seconds_bucket{{le="0.5",variant="{variant}"}}' in text
         assert f'bentoship_rows_per_request_count{{variant="{variant}"}}' in text
         assert f'bentoship_prediction_score_sum{{variant="{variant}"}}' in text
+        assert f'bentoship_prediction_confidence_count{{variant="{variant}"}}' in text
+        # Every row answered is counted under its label: as many as the rows served.
+        lines = text.splitlines()
+        counted = [float(line.rsplit(" ", 1)[1]) for line in lines
+                   if line.startswith("bentoship_predictions_total{")
+                   and f'variant="{variant}"' in line]
+        rows = [float(line.rsplit(" ", 1)[1]) for line in lines
+                if line.startswith(f'bentoship_rows_per_request_sum{{variant="{variant}"}}')]
+        assert counted and sum(counted) == rows[0]
     assert 'bentoship_requests_total{status="400",variant="none"}' in text
 
 
@@ -201,7 +212,7 @@ def test_metadata(client: httpx.Client) -> None:
         ("control", NAME, "1", "run-1", 70),
         ("treatment", NAME, "2", "run-2", 30),
     ]
-    assert data["variants"][0]["loader"] == "sklearn Pipeline (skops, predict_proba[:, 1])"
+    assert data["variants"][0]["loader"] == "sklearn Pipeline (skops, predict_proba)"
 
 
 def test_docs_json_is_our_spec(client: httpx.Client) -> None:
@@ -262,7 +273,7 @@ def test_a_refused_model_never_becomes_ready_and_the_log_says_why(tmp_path: Path
                 pass
             time.sleep(0.5)
         assert (
-            "refusing to load, its scikit-learn model is serialized with cloudpickle"
+            "refusing to load, its model is serialized with cloudpickle"
             in served.log_text()
         )
         with pytest.raises(httpx.TransportError):

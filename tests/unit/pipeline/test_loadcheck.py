@@ -10,13 +10,15 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 import yaml
 
 from pipeline.build import bento
-from pipeline.build.loadcheck import Verdict, check_models
+from pipeline.build.bento import ModelInfo
+from pipeline.build.loadcheck import Checked, Verdict, check_models
 from pipeline.build.plan import BuildRequest
 from pipeline.build.service import service_config
 from pipeline.errors import ArtifactError
@@ -57,22 +59,34 @@ def xgb_pipeline_dir(models: Path, data: tuple[pd.DataFrame, pd.Series]) -> Path
     return servicekit.save_sklearn(model, X, models / "xgb-pipeline", skops_trusted_types=XGB_TYPES)
 
 
-def check(
-    model_dir: Path, work: Path, *, allow_pickle: bool = False, echo: list[str] | None = None
-) -> list[Verdict]:
-    """`check_models` on one control model, with the context a build would write."""
-    mv = ModelVersion(name=NAME, version="1", run_id="0" * 32, source=model_dir.as_uri(),
-                      aliases=(), requested_as=f"{NAME}/1")
-    info = bento.inspect_model("control", mv, model_dir, "0" * 64)
-    request = BuildRequest(control=f"{NAME}/1", allow_pickle=allow_pickle)
-    config = service_config(request, NAME, "ctl-v1.code-test", "test", [info], (100, 0))
-    context = bento.write_context(config, work / "context")
+def info_of(model_dir: Path, variant: str = "control", version: str = "1") -> ModelInfo:
+    mv = ModelVersion(name=NAME, version=version, run_id="0" * 32, source=model_dir.as_uri(),
+                      aliases=(), requested_as=f"{NAME}/{version}")
+    return bento.inspect_model(variant, mv, model_dir, "0" * 64)
+
+
+def checked(
+    model_dirs: list[Path], work: Path, *, allow_pickle: bool = False,
+    trusted_types: tuple[str, ...] = (), echo: list[str] | None = None,
+) -> Checked:
+    """`check_models` on a control (and treatment) model, with the context a build writes."""
+    infos = [info_of(d, v, str(i + 1))
+             for i, (d, v) in enumerate(zip(model_dirs, ("control", "treatment")))]
+    request = BuildRequest(control=f"{NAME}/1", allow_pickle=allow_pickle,
+                           trusted_types=trusted_types)
+    weights = (100, 0) if len(infos) == 1 else (50, 50)
+    config = service_config(request, NAME, "ctl-v1.code-test", "test", infos, weights)
+    context = bento.write_context(work / "context")
     lines = echo if echo is not None else []
     started = time.monotonic()
     try:
-        return check_models([info], context, echo=lines.append)
+        return check_models(infos, context, config, echo=lines.append)
     finally:
-        print(f"load check of {model_dir.name}: {time.monotonic() - started:.1f}s")
+        print(f"load check of {model_dirs[0].name}: {time.monotonic() - started:.1f}s")
+
+
+def check(model_dir: Path, work: Path, **options: Any) -> list[Verdict]:
+    return checked([model_dir], work, **options).verdicts
 
 
 def test_a_model_the_service_loads_passes_and_says_how(sound_dir: Path, tmp_path: Path) -> None:
@@ -80,7 +94,9 @@ def test_a_model_the_service_loads_passes_and_says_how(sound_dir: Path, tmp_path
     (verdict,) = check(sound_dir, tmp_path, echo=echo)
     assert verdict.ok and verdict.rows == 3
     assert verdict.loader.startswith("sklearn Pipeline (skops, predict_proba")
-    assert echo == [f"control {NAME}/1: loaded with {verdict.loader}, scored its 3 example rows"]
+    said = (f"control {NAME}/1: loaded with {verdict.loader}, answers classification "
+            "with classes [0, 1]; scored its 3 example rows")
+    assert echo == [said]
     assert not list((tmp_path / "context").rglob("__pycache__"))  # the Bento's code stays clean
 
 
@@ -94,6 +110,7 @@ def test_xgboost_inside_a_sklearn_pipeline_is_refused_naming_the_types(
     assert "contains types outside sklearn/numpy/scipy" in message
     assert all(t in message for t in XGB_TYPES)
     assert "--allow-pickle" in message and message.endswith("Nothing was built.")
+    assert f"--trust-type {XGB_TYPES[0]} --trust-type {XGB_TYPES[1]}" in message
     assert str(tmp_path) not in message and f"models:/{NAME}/1" in message
 
 
@@ -127,8 +144,41 @@ def test_a_module_this_machine_lacks_is_left_to_the_smoke_test(
     mlmodel["flavors"]["python_function"]["loader_module"] = "refusal_module_not_installed"
     (model / "MLmodel").write_text(yaml.safe_dump(mlmodel))
     echo: list[str] = []
-    (verdict,) = check(model, tmp_path, allow_pickle=True, echo=echo)
-    assert not verdict.ok and verdict.missing == "refusal_module_not_installed"
-    said = (f"control {NAME}/1: not checked here, this machine lacks the module "
-            "'refusal_module_not_installed' (the smoke test loads it in the image)")
-    assert echo == [said]
+    with pytest.raises(ArtifactError) as refused:
+        check(model, tmp_path, allow_pickle=True, echo=echo)
+    # What the model answers decides the API, so it cannot be left to the image.
+    assert str(refused.value).startswith(
+        f"control {NAME}/1 needs the module 'refusal_module_not_installed', which this machine "
+        "lacks, so what the model answers (its task and classes) cannot be found")
+
+
+def test_types_trusted_by_name_load_and_nothing_else_does(
+    xgb_pipeline_dir: Path, tmp_path: Path
+) -> None:
+    (verdict,) = check(xgb_pipeline_dir, tmp_path / "both", trusted_types=tuple(XGB_TYPES))
+    assert verdict.ok and verdict.rows == 3
+    assert f"trusting {sorted(XGB_TYPES)}" in verdict.loader
+    with pytest.raises(ArtifactError, match=r"outside sklearn/numpy/scipy: \['xgboost.core"):
+        check(xgb_pipeline_dir, tmp_path / "one", trusted_types=(XGB_TYPES[1],))
+
+
+def test_control_and_treatment_answering_differently_are_refused_naming_both(
+    sound_dir: Path, models: Path, data: tuple[pd.DataFrame, pd.Series], tmp_path: Path
+) -> None:
+    from sklearn.linear_model import LinearRegression
+
+    X, _ = data
+    regressor = servicekit.save_sklearn(LinearRegression().fit(X, X.sum(axis=1)), X,
+                                        models / "regressor")
+    with pytest.raises(ArtifactError) as refused:
+        checked([sound_dir, regressor], tmp_path)
+    assert str(refused.value).startswith(
+        f"control {NAME}/1 answers classification with classes [0, 1] but treatment {NAME}/2 "
+        "answers regression with 1 target(s)")
+
+
+def test_the_output_is_found_from_the_model(sound_dir: Path, tmp_path: Path) -> None:
+    found = checked([sound_dir], tmp_path)
+    assert found.output == {"task": "classification", "classes": [0, 1], "targets": 1,
+                            "target_names": []}
+    assert found.hooks is None

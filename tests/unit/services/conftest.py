@@ -42,6 +42,7 @@ CONTRACT_CONFIG: dict[str, Any] = {
         "key_header": "x-bentoship-key",
         "override_header": "x-bentoship-variant",
     },
+    "output": {"task": "classification", "classes": [0, 1]},
     "max_rows": 1000,
     "allow_pickle": False,
     "threshold": 0.5,

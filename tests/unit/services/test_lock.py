@@ -11,7 +11,10 @@ from packaging.utils import canonicalize_name
 from pipeline.build.base import LOCK_FILE, lock_pins
 
 # The libraries a pickled, skops'd or saved model is tied to, and BentoML's store format.
-MODEL_FACING = ["bentoml", "scikit-learn", "xgboost-cpu", "skops", "pandas", "numpy"]
+MODEL_FACING = [
+    "bentoml", "scikit-learn", "xgboost-cpu", "skops", "lightgbm", "onnxruntime", "onnx", "pandas",
+    "numpy",
+]
 
 
 @pytest.mark.parametrize("name", MODEL_FACING)

@@ -31,8 +31,9 @@ def test_contract_example_loads_with_defaults(tmp_path: Path, config_data: dict[
     assert config.max_rows == 1000
     assert config.allow_pickle is False
     assert config.threshold == 0.5
-    assert config.preprocess == "services.hooks:preprocess"
-    assert config.postprocess == "services.hooks:postprocess"
+    assert config.hooks is None and not config.preprocess and not config.postprocess
+    assert config.trusted_types == ()
+    assert config.output.binary and config.output.keys == ("0", "1")
     assert [v.name for v in config.variants] == ["control", "treatment"]
     assert config.feature_names == ("mean_radius",)
     assert config.control.version == "1"
@@ -103,12 +104,30 @@ def test_example_must_fit_the_type(tmp_path: Path, config_data: dict[str, Any]) 
     )
 
 
-def test_hook_must_be_module_colon_function(tmp_path: Path, config_data: dict[str, Any]) -> None:
-    config_data["preprocess"] = "services.hooks.preprocess"
+def test_hook_module_must_be_a_module_name(tmp_path: Path, config_data: dict[str, Any]) -> None:
+    config_data["hooks"] = {"module": "services/my_hooks.py", "preprocess": True}
     assert (
-        "preprocess: 'services.hooks.preprocess' must look like 'package.module:function'"
+        "hooks.module: 'services/my_hooks.py' must be an importable module name"
         in message_for(tmp_path, config_data)
     )
+
+
+@pytest.mark.parametrize(
+    ("output", "problem"),
+    [
+        ({"task": "classification", "classes": [1]}, "two or more distinct classes"),
+        ({"task": "classification", "classes": [1, 1]}, "two or more distinct classes"),
+        ({"task": "classification", "classes": [1, "a"]}, "all integers or all strings"),
+        ({"task": "regression", "classes": [0, 1]}, "a regressor has no classes"),
+        ({"task": "regression", "targets": 2, "target_names": ["a"]}, "must name each of the 2"),
+        ({"task": "ranking"}, "output.task"),
+    ],
+)
+def test_output_must_be_consistent(
+    tmp_path: Path, config_data: dict[str, Any], output: dict[str, Any], problem: str
+) -> None:
+    config_data["output"] = output
+    assert problem in message_for(tmp_path, config_data)
 
 
 def test_variant_name_shape(tmp_path: Path, config_data: dict[str, Any]) -> None:

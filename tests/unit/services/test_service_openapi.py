@@ -57,6 +57,7 @@ def test_predict_documents_columns_responses_and_errors(config_data: dict[str, A
     assert schemas["PredictRequest"]["properties"]["rows"]["maxItems"] == 1000
     assert schemas["PredictionRow"]["required"] == [
         "prediction",
+        "probabilities",
         "score",
         "variant",
         "model_version",

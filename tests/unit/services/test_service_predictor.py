@@ -16,8 +16,9 @@ from starlette.applications import Starlette
 from services.app import AppState, create_app, max_body_bytes
 from services.config import ServiceConfig
 from services.errors import InvalidInputError, ModelError
+from services.flavors import ModelOutput
 from services.loading import LoadedModel, load_model
-from services.metrics import METRIC_NAMES, create_metrics, sample_scores
+from services.metrics import METRIC_NAMES, create_metrics, sample_rows
 from services.predictor import Predictor
 from services.routing import variant_for_key
 from tests import servicekit
@@ -60,6 +61,9 @@ def models(sklearn_dir: Path, xgb_classifier_dir: Path) -> dict[str, LoadedModel
         "control": load_model(sklearn_dir, FEATURES),
         "treatment": load_model(xgb_classifier_dir, FEATURES),
     }
+
+
+BINARY = ModelOutput("classification", (0, 1))
 
 
 @pytest.fixture(scope="module")
@@ -119,14 +123,18 @@ def test_mixed_request_keeps_input_order(
     assert [r["variant"] for r in result.rows] == ["control", "treatment", "treatment", "control"]
     assert [r["model_version"] for r in result.rows] == ["1", "2", "2", "1"]
     matrix = np.array([[float(i), 0.2, 0.1, 3.0] for i in range(4)])
-    expected = [
-        models["control"].predict_scores(matrix[[0]])[0],
-        *models["treatment"].predict_scores(matrix[[1, 2]]),
-        models["control"].predict_scores(matrix[[3]])[0],
+    expected = np.vstack([
+        models["control"].predict(matrix[[0]]),
+        models["treatment"].predict(matrix[[1, 2]]),
+        models["control"].predict(matrix[[3]]),
+    ])
+    assert [r["score"] for r in result.rows] == pytest.approx(expected[:, 1], abs=1e-12)
+    assert [r["probabilities"] for r in result.rows] == [
+        {"0": pytest.approx(p0, abs=1e-12), "1": pytest.approx(p1, abs=1e-12)}
+        for p0, p1 in expected.tolist()
     ]
-    assert [r["score"] for r in result.rows] == pytest.approx(expected, abs=1e-12)
-    assert [r["prediction"] for r in result.rows] == [int(s >= 0.5) for s in expected]
-    assert sorted(result.scores_by_variant) == ["control", "treatment"]
+    assert [r["prediction"] for r in result.rows] == [int(s >= 0.5) for s in expected[:, 1]]
+    assert sorted(result.answers) == ["control", "treatment"]
 
 
 def test_warm_up_runs_every_variant(predictor: Predictor) -> None:
@@ -139,7 +147,8 @@ def test_model_failure_names_the_variant(
     def explode(matrix: np.ndarray) -> np.ndarray:
         raise RuntimeError("out of memory")
 
-    broken = LoadedModel(flavor="xgboost", loader="test", columns=FEATURES, scorer=explode)
+    broken = LoadedModel(flavor="xgboost", loader="test", columns=FEATURES, output=BINARY,
+                         scorer=explode)
     predictor = Predictor.from_config(config, {**models, "treatment": broken})
     with pytest.raises(ModelError) as info:
         predictor.predict_parsed({"rows": [ROW]}, override="treatment")
@@ -154,7 +163,8 @@ def test_non_finite_scores_are_a_model_failure(
     config: ServiceConfig, models: dict[str, LoadedModel]
 ) -> None:
     nan_model = LoadedModel(
-        flavor="sklearn", loader="test", columns=FEATURES, scorer=lambda m: np.full(len(m), np.nan)
+        flavor="sklearn", loader="test", columns=FEATURES, output=BINARY,
+        scorer=lambda m: np.full((len(m), 2), np.nan),
     )
     predictor = Predictor.from_config(config, {**models, "control": nan_model})
     with pytest.raises(ModelError, match="non-finite"):
@@ -185,7 +195,8 @@ def test_a_model_failing_on_its_own_example_stays_a_model_failure(
         flavor="sklearn",
         loader="test",
         columns=FEATURES,
-        scorer=lambda m: np.where(m[:, 0] >= 0.5, np.nan, 0.3),  # the example row too
+        output=BINARY,
+        scorer=lambda m: np.column_stack([np.where(m[:, 0] >= 0.5, np.nan, 0.3)] * 2),  # example too
     )
     predictor = Predictor.from_config(config, {**models, "control": fussy})
     with pytest.raises(ModelError, match="non-finite"):
@@ -203,7 +214,7 @@ def test_predict_200(client: AppClient) -> None:
     assert response.headers["content-type"] == "application/json"
     rows = response.json()["rows"]
     assert len(rows) == 2 and rows[0] == rows[1]
-    assert set(rows[0]) == {"prediction", "score", "variant", "model_version"}
+    assert set(rows[0]) == {"prediction", "probabilities", "score", "variant", "model_version"}
 
 
 def test_override_header(client: AppClient) -> None:
@@ -290,6 +301,11 @@ def test_metrics_have_the_contract_names_and_labels(
     assert 'bentoship_rows_per_request_sum{variant="control"} 40.0' in text
     assert 'bentoship_prediction_score_count{variant="control"} 16.0' in text  # sampled
     assert 'bentoship_prediction_score_count{variant="treatment"} 1.0' in text
+    assert 'bentoship_prediction_confidence_count{variant="control"} 16.0' in text
+    # Labels are counted for every row, not sampled.
+    labels = [line for line in text.splitlines()
+              if line.startswith('bentoship_predictions_total{') and 'variant="control"' in line]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in labels) == 40.0
     assert 'bentoship_request_duration_seconds_count{variant="treatment"} 1.0' in text
 
 
@@ -299,7 +315,8 @@ def test_model_failure_is_500_labelled_with_its_variant(
     def explode(matrix: np.ndarray) -> np.ndarray:
         raise RuntimeError("segfault averted")
 
-    broken = LoadedModel(flavor="xgboost", loader="test", columns=FEATURES, scorer=explode)
+    broken = LoadedModel(flavor="xgboost", loader="test", columns=FEATURES, output=BINARY,
+                         scorer=explode)
     state = AppState()
     state.activate(
         Predictor.from_config(config, {**models, "treatment": broken}), create_metrics(registry)
@@ -318,7 +335,7 @@ def test_model_failure_is_500_labelled_with_its_variant(
 
 
 def test_score_sample_is_everything_or_an_even_spread() -> None:
-    assert sample_scores(np.arange(5.0)).tolist() == [0, 1, 2, 3, 4]
-    sample = sample_scores(np.arange(1000.0))
+    assert sample_rows(np.arange(5.0)).tolist() == [0, 1, 2, 3, 4]
+    sample = sample_rows(np.arange(1000.0))
     assert len(sample) == 16 and sample[0] == 0 and sample[-1] == 999
     assert np.all(np.diff(sample) > 60)

@@ -33,6 +33,7 @@ from pipeline.release.api_diff import diff_specs
 from pipeline.release.api_spec import validate_spec
 from services.app import AppState, create_app
 from services.config import ServiceConfig
+from services.flavors import ModelOutput
 from services.loading import LoadedModel
 from services.openapi import build_spec
 from services.predictor import Predictor
@@ -156,7 +157,8 @@ class _App:
         state = AppState()
         if scorer is not None:
             models = {
-                v.name: LoadedModel("sklearn", "test", config.feature_names, scorer)
+                v.name: LoadedModel("sklearn", "test", config.feature_names,
+                                    ModelOutput("classification", (0, 1)), scorer)
                 for v in config.variants
             }
             state.activate(Predictor.from_config(config, models), None)
@@ -174,7 +176,7 @@ class _App:
 def _bodies(config: ServiceConfig, spec: dict[str, Any]) -> Iterator[tuple[str, httpx.Response]]:
     """One real response per documented situation of POST /predict."""
     row = spec["components"]["schemas"]["Row"]["example"]
-    ok = _App(config, lambda m: np.full(len(m), 0.75))
+    ok = _App(config, lambda m: np.tile([0.25, 0.75], (len(m), 1)))
     yield "200 rows", ok.request("POST", "/predict", json={"rows": [row, {**row, "request_id": 7}]})
     yield (
         "200 forced",
@@ -198,7 +200,7 @@ def _bodies(config: ServiceConfig, spec: dict[str, Any]) -> Iterator[tuple[str, 
             "POST", "/predict", json={"rows": [row]}, headers={"x-bentoship-variant": "canary"}
         ),
     )
-    broken = _App(config, lambda m: np.full(len(m), np.nan))
+    broken = _App(config, lambda m: np.full((len(m), 2), np.nan))
     yield "500 model_failed", broken.request("POST", "/predict", json={"rows": [row]})
     yield "503 not_ready", _App(config, None).request("POST", "/predict", json={"rows": [row]})
 
@@ -226,8 +228,9 @@ def test_error_statuses_and_rows_are_declared_precisely(spec: dict[str, Any]) ->
     problem = error["properties"]["detail"]["items"]
     assert problem["required"] == ["row", "field", "problem"]
     row = spec["components"]["schemas"]["PredictionRow"]
-    assert row["required"] == ["prediction", "score", "variant", "model_version"]
+    assert row["required"] == ["prediction", "probabilities", "score", "variant", "model_version"]
     assert row["properties"]["prediction"]["enum"] == [0, 1]
+    assert row["properties"]["probabilities"]["required"] == ["0", "1"]
     assert row["properties"]["variant"]["enum"] == ["control", "treatment"]
     # A string, not an enum of the versions served: a client generated from this release
     # still reads the rows of the next one.
