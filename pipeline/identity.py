@@ -115,6 +115,7 @@ def image_labels(
     requirements_sha256: str,
     base_ref: str,
     config_sha256: str,
+    trusted_types: Sequence[str] = (),
 ) -> dict[str, str]:
     labels = {
         "org.opencontainers.image.revision": revision,
@@ -125,6 +126,7 @@ def image_labels(
         f"{LABEL_PREFIX}.code.version": code_label,
         f"{LABEL_PREFIX}.weights": ",".join(f"{k}={v}" for k, v in weights.items()),
         f"{LABEL_PREFIX}.allow_pickle": str(allow_pickle).lower(),
+        f"{LABEL_PREFIX}.trusted_types": ",".join(sorted(trusted_types)),
         f"{LABEL_PREFIX}.requirements_sha256": requirements_sha256,
         f"{LABEL_PREFIX}.base": base_ref,
         f"{LABEL_PREFIX}.config_sha256": config_sha256,
@@ -146,6 +148,7 @@ class ImageIdentity:
     tag: str
     code_version: str
     allow_pickle: bool
+    trusted_types: tuple[str, ...]  # skops types the build trusted by name
     models: Mapping[str, Mapping[str, str]]  # variant -> {name, version, run_id}
     manifests: Mapping[str, str]  # variant -> the SHA-256 of its artifact manifest
     weights: Mapping[str, str]
@@ -175,6 +178,8 @@ class ImageIdentity:
             tag=labels.get("org.opencontainers.image.version", ""),
             code_version=labels.get(f"{LABEL_PREFIX}.code.version", ""),
             allow_pickle=labels.get(f"{LABEL_PREFIX}.allow_pickle") == "true",
+            trusted_types=tuple(t for t in labels.get(f"{LABEL_PREFIX}.trusted_types", "")
+                                .split(",") if t),
             models=models,
             manifests=manifests,
             weights=weights,

@@ -140,6 +140,7 @@ def build(
             models=layers,
             weights=dict(zip(("control", "treatment"), resolved.weights[: len(infos)])),
             allow_pickle=req.allow_pickle,
+            trusted_types=req.all_trusted_types,
             requirements_sha256=p.requirements.sha256,
             base_ref=base.ref,
             config_sha256=p.config_sha256,

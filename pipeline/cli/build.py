@@ -85,19 +85,22 @@ def demo_train(if_missing: bool, output: str) -> None:
 @click.option("--max-rows", type=int, default=1000, show_default=True,
               help="Largest batch one request may carry.")
 @click.option("--threshold", type=float, default=0.5, show_default=True,
-              help="Score at or above which the prediction is 1.")
+              help="Binary classifiers: probability of the second class at or above which it "
+              "is the prediction.")
 @click.option("--ready-timeout", type=float, default=120.0, show_default=True, metavar="SECONDS",
               help="How long the smoke test waits for the container's /readyz.")
 @click.option("--services-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               hidden=True, help="Build from this copy of services/ (tests and benchmarks); its "
               "code version is then a hash of its content, src-<hash7>.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="TOML file whose [build] table sets keep_requirements / drop_requirements. "
-              "[default: ./bentoship.toml if present]")
+              help="TOML file whose [build] table sets keep_requirements / drop_requirements / "
+              "trusted_types and whose [service] table the hooks and key_field. [default: "
+              "./bentoship.toml if present]")
 @output_option
 @quiet_option
 def build(control: str, treatment: str | None, treatment_weight: int | None, name: str | None,
-          push: bool, allow_pickle: bool, max_rows: int, threshold: float, ready_timeout: float,
+          push: bool, allow_pickle: bool, trusted_types: tuple[str, ...], hooks: str | None,
+          max_rows: int, threshold: float, ready_timeout: float,
           services_dir: Path | None, config_file: Path | None, output: str, quiet: bool) -> None:
     """Build a smoke-tested Docker image serving registry model versions.
 
@@ -115,6 +118,9 @@ def build(control: str, treatment: str | None, treatment_weight: int | None, nam
       bentoship build --model demo-classifier@champion
       bentoship build --model demo-classifier/1 --treatment demo-classifier/2 \\
                       --treatment-weight 10 --push --output json
+      bentoship build --model churn/3 --trust-type xgboost.sklearn.XGBClassifier \\
+                      --trust-type xgboost.core.Booster
+      bentoship build --model demo-classifier@champion --hooks docs/examples/triage_hooks.py
     """
     from pipeline.build.builder import build as run_build
     from pipeline.build.plan import BuildRequest
@@ -127,7 +133,8 @@ def build(control: str, treatment: str | None, treatment_weight: int | None, nam
                            treatment_weight=treatment_weight, push=push,
                            allow_pickle=allow_pickle, max_rows=max_rows, threshold=threshold,
                            ready_timeout_s=ready_timeout, services_dir=services_dir,
-                           build_config=load_build_config(config_file))
+                           build_config=load_build_config(config_file),
+                           trusted_types=trusted_types, hooks=hooks)
     result = run_build(request, _settings(), echo=Progress(quiet=quiet))
     sizes = ", ".join(f"{group} {size / 1e6:.1f} MB" for group, size in result.layer_sizes.items())
     lines = [
@@ -174,8 +181,12 @@ def run(image_ref: str, port: int, container_name: str | None, output: str) -> N
 @click.command()
 @model_options
 @click.option("--port", type=int, default=PORT, show_default=True)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="TOML file with [build] and [service] tables, as for `build`. [default: "
+              "./bentoship.toml if present]")
 def serve(control: str, treatment: str | None, treatment_weight: int | None, port: int,
-          allow_pickle: bool) -> None:
+          allow_pickle: bool, trusted_types: tuple[str, ...], hooks: str | None,
+          config_file: Path | None) -> None:
     """Serve model versions locally without Docker, exactly as the image would.
 
     Same resolution, verification and service as `bentoship build`; runs `bentoml serve` in
@@ -185,8 +196,14 @@ def serve(control: str, treatment: str | None, treatment_weight: int | None, por
     from pipeline.build.plan import BuildRequest
 
     check_treatment_options(treatment, treatment_weight)
+    from pipeline.config import DEFAULT_CONFIG_FILE, load_build_config
+
+    if config_file is None and DEFAULT_CONFIG_FILE.is_file():
+        config_file = DEFAULT_CONFIG_FILE
     request = BuildRequest(control=control, treatment=treatment,
-                           treatment_weight=treatment_weight, allow_pickle=allow_pickle)
+                           treatment_weight=treatment_weight, allow_pickle=allow_pickle,
+                           trusted_types=trusted_types, hooks=hooks,
+                           build_config=load_build_config(config_file))
     sys.exit(run_serve(request, _settings(), port, echo=say))
 
 

@@ -77,15 +77,21 @@ def diff(ctx: click.Context, old: Path, new: Path, validate: bool, output: str) 
 @click.option("--max-rows", type=int, default=1000, show_default=True,
               help="With --model: largest batch one request may carry.")
 @click.option("--threshold", type=float, default=0.5, show_default=True,
-              help="With --model: score at or above which the prediction is 1.")
+              help="With --model, binary classifiers: probability at or above which the "
+              "second class is the prediction.")
 @click.option("--allow-pickle", is_flag=True,
               help="With --model: accept models that only load by unpickling.")
+@click.option("--trust-type", "trusted_types", multiple=True, metavar="TYPE",
+              help="With --model: trust this skops type by name (repeatable), as for `build`.")
+@click.option("--hooks", metavar="MODULE|FILE.py",
+              help="With --model: the team's hook module, as for `build`.")
 @click.option("--out", "-o", "out", type=click.Path(dir_okay=False, path_type=Path),
               metavar="FILE", help="Write the spec here (YAML for .yaml/.yml, else JSON). "
               "[default: JSON on stdout]")
 def export(image_ref: str | None, control: str | None, treatment: str | None,
            treatment_weight: int | None, name: str | None, max_rows: int, threshold: float,
-           allow_pickle: bool, out: Path | None) -> None:
+           allow_pickle: bool, trusted_types: tuple[str, ...], hooks: str | None,
+           out: Path | None) -> None:
     """Write the OpenAPI spec of a built service image, or of the one `build` would make.
 
     \b
@@ -110,7 +116,9 @@ def export(image_ref: str | None, control: str | None, treatment: str | None,
     if image_ref is not None:
         given = [flag for flag, value in (("--treatment", treatment),
                                           ("--treatment-weight", treatment_weight),
-                                          ("--name", name)) if value is not None]
+                                          ("--name", name), ("--hooks", hooks),
+                                          ("--trust-type", trusted_types or None))
+                 if value is not None]
         if given:
             raise click.UsageError(f"{', '.join(given)} only go with --model, not with IMAGE")
         spec = service_spec_of_image(image_ref)
@@ -122,7 +130,8 @@ def export(image_ref: str | None, control: str | None, treatment: str | None,
         check_treatment_options(treatment, treatment_weight)
         request = BuildRequest(control=control, treatment=treatment, name=name,
                                treatment_weight=treatment_weight, allow_pickle=allow_pickle,
-                               max_rows=max_rows, threshold=threshold)
+                               max_rows=max_rows, threshold=threshold,
+                               trusted_types=trusted_types, hooks=hooks)
         spec = service_spec_for_models(request, load_settings(), say)
     info = spec.get("info") or {}
     summary = (f"OpenAPI {spec.get('openapi')} spec of {info.get('title')} {info.get('version')} "

@@ -96,6 +96,13 @@ def model_options(func: F) -> F:
         click.option("--allow-pickle", is_flag=True,
                      help="Allow models that only load by unpickling (mlflow.pyfunc). Off by "
                      "default: unpickling runs arbitrary code. Recorded in the image labels."),
+        click.option("--trust-type", "trusted_types", multiple=True, metavar="TYPE",
+                     help="Trust this type by its full name in a skops model (repeatable), e.g. "
+                     "xgboost.sklearn.XGBClassifier; the build names the types it refuses. Adds "
+                     "to [build] trusted_types. Recorded in the image labels and the ledger."),
+        click.option("--hooks", metavar="MODULE|FILE.py",
+                     help="The team's pre/post-processing hooks: a module under services/ or a "
+                     ".py file (see services/hooks.py). [default: [service] hooks]"),
     ]
     for option in reversed(options):
         func = option(func)

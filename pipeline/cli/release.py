@@ -303,6 +303,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 @quiet_option
 def release(control: str, treatment: str | None, treatment_weight: int | None, name: str | None,
             config_path: Path | None, outdir: Path, submit: bool, allow_pickle: bool,
+            trusted_types: tuple[str, ...], hooks: str | None,
             allow_breaking_api: bool, output: str, quiet: bool) -> None:
     """Build (or reuse) and push the image, render the canary release, record it.
 
@@ -326,7 +327,8 @@ def release(control: str, treatment: str | None, treatment_weight: int | None, n
     check_treatment_options(treatment, treatment_weight)
     request = BuildRequest(control=control, treatment=treatment, name=name,
                            treatment_weight=treatment_weight, allow_pickle=allow_pickle,
-                           build_config=load_build_config(config_path))
+                           build_config=load_build_config(config_path),
+                           trusted_types=trusted_types, hooks=hooks)
     done = handoff.release(request, load_settings(), config, outdir,
                            echo=lambda m: say(m, quiet=quiet), submit=submit,
                            allow_breaking_api=allow_breaking_api)

@@ -116,6 +116,7 @@ def on_commit(
             name=service,
             treatment_weight=identity.treatment_weight if treatment else None,
             allow_pickle=identity.allow_pickle,
+            trusted_types=identity.trusted_types,  # the models are the same: so is their trust
         )
         why = (f"{decision.reason}: code {code} with the models of release "
                f"{production.short_id} ({describe_models(models)})")
