@@ -250,9 +250,11 @@ def code_version(root: Path) -> CodeVersion:
 
 
 def dirty_files(root: Path) -> list[str]:
-    """The paths `git status` reports as changed or untracked under `root`, sorted."""
+    """The paths `git status` reports under `root`: changed tracked files first, then untracked."""
     status = _git(root, "status", "--porcelain", "--untracked-files=all")
-    return sorted({line[3:].split(" -> ")[-1] for line in status.splitlines() if line.strip()})
+    entries = {(line.startswith("??"), line[3:].split(" -> ")[-1])
+               for line in status.splitlines() if line.strip()}
+    return [path for _, path in sorted(entries)]
 
 
 def check_clean(root: Path, *, allow_dirty: bool, what: str = "release") -> CodeVersion:

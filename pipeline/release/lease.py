@@ -26,8 +26,8 @@ generation number is never handed out twice. Of all generations only the newest 
   whose lease lapsed records nothing (`LeaseLost`).
 
 Expiry compares the holder's clock with the waiter's: the machines' clocks must agree to well
-within a TTL (NTP does). Holding is re-entrant within a process: a CI flow holds the lease and
-the handoff it calls finds it held.
+within a TTL (NTP does). Holding is re-entrant within a process and state folder: a CI flow
+holds the lease and the handoff it calls finds it held.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ class Lease:
         try:
             self.client.set_experiment_tag(self.experiment_id, f"{_TAG}expires", f"{expires:.3f}")
         except MlflowException as exc:
-            raise LeaseLost(f"cannot renew the release lease {self.name}: {exc}") from exc
+            raise LeaseLost(self._lost_message(f"renewing it failed: {exc}")) from exc
         self.holder = _with_expiry(self.holder, expires)
 
     def verify(self) -> None:
@@ -194,7 +194,7 @@ class Lease:
             pass  # it expires on its own at holder.expires
 
 
-_held: dict[tuple[str, str], Lease] = {}
+_held: dict[tuple[str, str, str], Lease] = {}
 _held_lock = threading.Lock()
 
 
@@ -212,7 +212,7 @@ def hold(
     Raises LeaseHeld naming the holder when it is still held after `wait_s` seconds. Inside a
     block that already holds it (same process), yields the same lease again.
     """
-    key = (settings.tracking_uri, service)
+    key = (settings.tracking_uri, str(settings.home), service)
     with _held_lock:
         held = _held.get(key)
         if held is not None:
@@ -303,6 +303,9 @@ def _acquire(
         if previous is not None and _is_active(client, service, previous.generation):
             echo(f"Took over the expired release lease of {service} from {previous.describe()}")
             _delete_generation(client, service, previous.generation)
+        if told:
+            echo(f"Got the release lease of {service} after waiting "
+                 f"{time.monotonic() - started:.1f}s")
         return Lease(client, str(experiment_id), holder, ttl, threading.Event())
 
 
