@@ -21,7 +21,7 @@ generation number is never handed out twice. Of all generations only the newest 
 - newest deleted (released) or expired (its holder crashed or hung): free; the next release
   creates the next generation, and only one contender can create it;
 - the holder renews `expires` every `ttl / 3` from a thread while the release runs and deletes
-  its experiment on exit; before it records the release it renews once more and checks that its
+  its experiment on exit (SIGTERM included: a cancelled CI job lets go at once); before it records the release it renews once more and checks that its
   generation is still the newest with at least half a TTL left (`Lease.verify`), so a release
   whose lease lapsed records nothing (`LeaseLost`).
 
@@ -33,6 +33,7 @@ holds the lease and the handoff it calls finds it held.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import threading
 import time
@@ -232,11 +233,37 @@ def hold(
         _held[key] = lease
     lease._start()
     try:
-        yield lease
+        with _terminated_as_exit():
+            yield lease
     finally:
         with _held_lock:
             _held.pop(key, None)
         lease._release()
+
+
+@contextmanager
+def _terminated_as_exit() -> Iterator[None]:
+    """SIGTERM (a cancelled CI job, `docker stop`) unwinds the release, so its lease is let go.
+
+    Python's default SIGTERM ends the process without running `finally` blocks. Only the main
+    thread may set handlers; elsewhere (the webhook receiver's worker) nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is not signal.SIG_DFL:
+        yield  # someone chose what SIGTERM does here: leave it to them
+        return
+
+    def _exit(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def current(client: MlflowClient, service: str) -> Holder | None:

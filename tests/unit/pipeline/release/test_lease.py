@@ -29,10 +29,12 @@ def test_a_second_holder_waits_then_is_told_who_holds_it(tmp_path: Path, shared:
     said: list[str] = []
     with lease.hold(first, "demo-classifier", said.append) as held:
         started = time.monotonic()
-        with pytest.raises(LeaseHeld) as refused:
-            with lease.hold(second, "demo-classifier", said.append, wait_s=1.0,
-                            client=settings_client(second)):
-                pass
+        with (
+            pytest.raises(LeaseHeld) as refused,
+            lease.hold(second, "demo-classifier", said.append, wait_s=1.0,
+                       client=settings_client(second)),
+        ):
+            pass
         waited = time.monotonic() - started
         assert held.holder.generation == 1
     message = str(refused.value)
