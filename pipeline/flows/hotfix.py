@@ -110,7 +110,7 @@ def on_commit(
                                   f"release {production.short_id} already runs code {code}")
             repository, digest = parse_image_reference(production.image,
                                                        option="production image")
-            identity = remote_identity(repository, digest)
+            identity = remote_identity(repository, digest, settings.docker_config)
             check_manifests(client, production, identity)
             models = production.model_versions
             treatment = models.get("treatment")

@@ -131,7 +131,7 @@ def _resolve_target(
                     "the repository too (REPOSITORY:TAG) or --name to look it up in the registry"
                 )
             in_repo = f"{settings.oci_registry}/{name}"
-        found = oci.find(in_repo, target.tag)
+        found = oci.find(in_repo, target.tag, docker_config=settings.docker_config)
         if found is None:
             raise ReleaseError(f"{in_repo}:{target.tag} is not in the registry")
         return in_repo, found.digest, None, f"tag {target.tag} in the registry"
@@ -189,7 +189,7 @@ def rollback(
         client = None if problem else registry.settings_client(settings)
         repository, digest, record, chosen = _resolve_target(target, settings, client, name)
         echo(f"Rolling back to {repository}@{digest}: {chosen}")
-        identity = remote_identity(repository, digest)
+        identity = remote_identity(repository, digest, settings.docker_config)
         models = {variant: dict(model) for variant, model in identity.models.items()}
         service = identity.title
         if "control" not in models or not service:
