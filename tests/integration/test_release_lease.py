@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from mlflow import MlflowClient
 
+from pipeline.cli import cli
 from pipeline.config import Settings
 from pipeline.release import lease, ledger
 from tests.stores import running_mlflow_server
@@ -132,6 +134,10 @@ def test_two_releases_at_once_run_one_after_the_other(shared: Shared) -> None:
     assert older.predecessor == "none" and newer.predecessor == older.release_id
     assert {r.allow_dirty for r in records} == {"true"}
     assert lease.current(shared.client, SERVICE) is None  # both let go on exit
+    shown = CliRunner().invoke(cli, ["releases", "show", newer.release_id],
+                               env=shared.env("show"), catch_exceptions=False)
+    assert f"Replaces  release {older.release_id[:12]}" in shown.output
+    assert "Dirty     allowed (--allow-dirty)" in shown.output
 
 
 def test_a_release_gives_up_after_wait_naming_the_holder(shared: Shared) -> None:
