@@ -59,6 +59,15 @@ def _free_port(first: int = 5100, last: int = 5199) -> int:
     pytest.fail(f"no free port in {first}-{last}")
 
 
+@pytest.fixture
+def pushed_tag(auth_registry: AuthRegistry, ab_build: BuildResult, docker_client) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """The demo image tagged for the authenticated registry; the tag is removed afterwards."""
+    reference = f"{auth_registry.address}/demo-classifier:{ab_build.tag}"
+    docker_client.api.tag(ab_build.image_id, reference.rpartition(":")[0], ab_build.tag)
+    yield reference
+    docker_client.images.remove(reference)
+
+
 @pytest.fixture(scope="module")
 def auth_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthRegistry]:
     if not REGISTRY_BINARY.exists():
@@ -106,16 +115,15 @@ def _env(home: Path, docker_config: Path, **extra: str) -> dict[str, str]:
 
 
 def test_push_and_lookup_use_the_docker_config_and_never_show_the_password(
-    auth_registry: AuthRegistry, ab_build: BuildResult, docker_client, tmp_path: Path,  # type: ignore[no-untyped-def]
+    auth_registry: AuthRegistry, pushed_tag: str, tmp_path: Path
 ) -> None:
-    repository = f"{auth_registry.address}/demo-classifier"
-    docker_client.api.tag(ab_build.image_id, repository, ab_build.tag)
+    repository = pushed_tag.rpartition(":")[0]
     seen: list[str] = []  # everything bentoship printed
     home = tmp_path / "home"
 
     # No credentials: the push is refused, and the message says how to give them.
     nothing = auth_registry.docker_config("empty", {})
-    refused = _run(["push", f"{repository}:{ab_build.tag}"], _env(home, nothing), tmp_path)
+    refused = _run(["push", pushed_tag], _env(home, nothing), tmp_path)
     seen += [refused.stdout, refused.stderr]
     assert refused.returncode == 1, refused.stderr
     assert f"holds no credentials for {auth_registry.address}" in refused.stderr
@@ -125,7 +133,7 @@ def test_push_and_lookup_use_the_docker_config_and_never_show_the_password(
     pair = base64.b64encode(f"{USER}:{auth_registry.password}".encode()).decode()
     logged_in = auth_registry.docker_config(
         "auths", {"auths": {auth_registry.address: {"auth": pair}}})
-    pushed = _run(["push", f"{repository}:{ab_build.tag}", "--output", "json"],
+    pushed = _run(["push", pushed_tag, "--output", "json"],
                   _env(home, logged_in), tmp_path)
     seen += [pushed.stdout, pushed.stderr]
     assert pushed.returncode == 0, pushed.stderr
