@@ -16,7 +16,10 @@ message; anything else is a bug and keeps its traceback.
     │   └── PushError              the OCI registry refused the push or a lookup
     │       └── RegistryUnreachable    the registry does not answer at all
     ├── ReleaseError               rendering or recording a release
-    │   └── LedgerUnavailable      a rollback was rendered, the ledger could not record it
+    │   ├── LedgerUnavailable      a rollback was rendered, the ledger could not record it
+    │   └── ReleaseConflict        another release of the same service got in the way
+    │       ├── LeaseHeld          its release lease is held: waited --wait, names the holder
+    │       └── LeaseLost          this release's lease lapsed or was taken: nothing recorded
     └── WebhookRejected            a webhook delivery that is not provably from our MLflow
 
 Docker SDK and MLflow exceptions become these in one place, `map_exceptions` (httpx's
@@ -95,6 +98,25 @@ class LedgerUnavailable(ReleaseError):
     def __init__(self, message: str, result: Any) -> None:
         super().__init__(message)
         self.result = result
+
+
+class ReleaseConflict(ReleaseError):
+    """Another release of the same service: production moved, or the lease is not ours."""
+
+
+class LeaseHeld(ReleaseConflict):
+    """The service's release lease is held by another release; `holder` says by whom.
+
+    `holder` is a `pipeline.release.lease.Holder` (CI job, host, pid, since, expires).
+    """
+
+    def __init__(self, message: str, holder: Any) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+class LeaseLost(ReleaseConflict):
+    """This release's lease expired or was taken over before the release was recorded."""
 
 
 WebhookReason = Literal[

@@ -254,6 +254,35 @@ def code_version(root: Path) -> CodeVersion:
     return CodeVersion(sha=sha, dirty=True, label=f"{sha[:7]}-dirty-{digest.hexdigest()[:6]}")
 
 
+def dirty_files(root: Path) -> list[str]:
+    """The paths `git status` reports under `root`: changed tracked files first, then untracked."""
+    status = _git(root, "status", "--porcelain", "--untracked-files=all")
+    entries = {(line.startswith("??"), line[3:].split(" -> ")[-1])
+               for line in status.splitlines() if line.strip()}
+    return [path for _, path in sorted(entries)]
+
+
+def check_clean(root: Path, *, allow_dirty: bool, what: str = "release") -> CodeVersion:
+    """The code version of `root`; ConfigError naming the dirty files unless `allow_dirty`.
+
+    An image built from uncommitted code carries `-dirty-<hash>` in its tag, and nobody can
+    check that code out again: a release refuses it unless told otherwise.
+    """
+    code = code_version(root)
+    if code.dirty and not allow_dirty:
+        files = dirty_files(root)
+        shown = "".join(f"\n  {path}" for path in files[:5])
+        more = f"\n  ... and {len(files) - 5} more" if len(files) > 5 else ""
+        raise ConfigError(
+            f"refusing to {what} from a dirty work tree: {root} has {len(files)} uncommitted "
+            f"file(s) (code version {code.label}):{shown}{more}\nIts code could never be "
+            "checked out again. Commit them (or `git stash -u`) and run again; to release "
+            "anyway, pass --allow-dirty (recorded in the ledger as allow_dirty=true). "
+            "Nothing was built or recorded."
+        )
+    return code
+
+
 def source_url(root: Path) -> str:
     """The repository URL for org.opencontainers.image.source, without credentials or host paths."""
     try:

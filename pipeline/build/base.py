@@ -22,7 +22,7 @@ import docker
 from docker.errors import DockerException, ImageNotFound
 from docker.models.images import Image
 
-from pipeline.build import oci
+from pipeline.build import credentials, oci
 from pipeline.build.wheels import parse_requirements, prepare_wheels
 from pipeline.config import Settings
 from pipeline.errors import ImageBuildError, PipelineError, PushError, map_exceptions
@@ -115,7 +115,9 @@ def _build(
     return client.images.get(image_id)
 
 
-def _pushed(image: Image, registry: str, tag: str) -> str | None:
+def _pushed(
+    image: Image, registry: str, tag: str, docker_config: Path | None = None
+) -> str | None:
     """`repository@digest` when the registry already serves this very image under `tag`.
 
     The image's RepoDigests record what an earlier push got; the registry still having that
@@ -127,7 +129,7 @@ def _pushed(image: Image, registry: str, tag: str) -> str | None:
     if not known:
         return None
     try:
-        remote = oci.find(repository, tag.rsplit(":", 1)[1])
+        remote = oci.find(repository, tag.rsplit(":", 1)[1], docker_config=docker_config)
     except PipelineError:
         return None
     if remote is None or remote.digest not in known:
@@ -135,7 +137,10 @@ def _pushed(image: Image, registry: str, tag: str) -> str | None:
     return f"{repository}@{remote.digest}"
 
 
-def _push(client: docker.DockerClient, image: Image, registry: str, tag: str, echo: Echo) -> str:
+def _push(
+    client: docker.DockerClient, image: Image, registry: str, tag: str, echo: Echo,
+    docker_config: Path | None = None,
+) -> str:
     repository = f"{registry}/{BASE_REPOSITORY}"
     version = tag.rsplit(":", 1)[1]
     echo(f"pushing {repository}:{version}")
@@ -143,7 +148,10 @@ def _push(client: docker.DockerClient, image: Image, registry: str, tag: str, ec
     digest = None
     failed = f"pushing {repository}:{version} failed"
     with map_exceptions({"docker": (PushError, lambda exc: f"{failed}: {exc}")}):
-        for chunk in client.images.push(repository, tag=version, stream=True, decode=True):
+        creds = credentials.for_registry(registry, docker_config)
+        auth = {"auth_config": creds.auth_config()} if creds is not None else {}
+        for chunk in client.images.push(repository, tag=version, stream=True, decode=True,
+                                        **auth):
             if "error" in chunk:
                 raise PushError(f"{failed}: {chunk['error']}")
             digest = chunk.get("aux", {}).get("Digest", digest)
@@ -206,8 +214,8 @@ def ensure_base_image(
     ref = tag
     if push:
         if oci.answers(settings.oci_registry):
-            ref = _pushed(image, settings.oci_registry, tag) or _push(
-                client, image, settings.oci_registry, tag, echo
+            ref = _pushed(image, settings.oci_registry, tag, settings.docker_config) or _push(
+                client, image, settings.oci_registry, tag, echo, settings.docker_config
             )
         else:
             echo(

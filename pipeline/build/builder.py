@@ -148,7 +148,8 @@ def build(
         labels[identity.OPENAPI_LABEL] = identity.openapi_sha256(p.openapi)
         examples = p.examples
 
-        existing, digest, where = _existing(client, repository, tag, labels, progress)
+        existing, digest, where = _existing(client, repository, tag, labels, progress,
+                                            settings.docker_config)
         phases.done("lookup")
         if existing is not None:
             result = BuildResult(name, repository, tag, existing.id, dict(existing.labels),
@@ -186,7 +187,8 @@ def build(
     result.layer_sizes = image.group_sizes(image.layers(client, result.image_id))
     result.dropped_requirements = [d.as_dict() for d in p.requirements.dropped]
     if req.push and where != "registry":
-        result.digest = transfer.push(client, repository, tag, progress)
+        result.digest = transfer.push(client, repository, tag, progress,
+                                      docker_config=settings.docker_config)
         phases.done("push")
     result.seconds = time.monotonic() - started
     result.phases = phases.seconds
@@ -288,7 +290,8 @@ def _foreground(command: list[str], env: dict[str, str], grace_s: float = 20.0) 
 
 
 def _existing(
-    client: Any, repository: str, tag: str, labels: dict[str, str], echo: Echo
+    client: Any, repository: str, tag: str, labels: dict[str, str], echo: Echo,
+    docker_config: Path | None = None,
 ) -> tuple[Any | None, str | None, str | None]:
     """An image of this same build, here or in the registry: (image, digest, "local"|"registry").
 
@@ -312,7 +315,7 @@ def _existing(
             return found, (digests[0] if digests else None), "local"
         echo(f"Image {reference} exists locally but differs in {', '.join(differ)}: rebuilding")
     try:
-        remote = oci.find(repository, tag)
+        remote = oci.find(repository, tag, docker_config=docker_config)
     except PushError as exc:
         echo(f"Not looking for {reference} in the registry: {exc}")
         return None, None, None
@@ -324,7 +327,9 @@ def _existing(
         return None, None, None
     echo(f"Image {reference} already exists in the registry as {repository}@{remote.digest} "
          "with this configuration: pulling it instead of rebuilding")
-    return transfer.pull(client, repository, remote.digest, tag, echo), remote.digest, "registry"
+    pulled = transfer.pull(client, repository, remote.digest, tag, echo,
+                           docker_config=docker_config)
+    return pulled, remote.digest, "registry"
 
 
 class _Phases:

@@ -1,32 +1,43 @@
 """Moving images between the Docker engine and the OCI registry: push, pull, and what a failure says.
 
-Both go through the engine (and its credentials) and report progress in bytes. After a push,
+Both go through the engine with the credentials the Docker config holds for the registry
+(`credentials.py`; never printed), and report progress in bytes. After a push,
 everything refers to the image as `<registry>/<name>@sha256:<digest>`, never by tag; a pull is
 by digest too, then tagged locally. Read-only lookups in the registry are `oci.py`'s.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from pipeline.build import credentials
 from pipeline.errors import PushError, explanation, map_exceptions
 from pipeline.progress import Echo, reporter
 
 
-def push(client: Any, repository: str, tag: str, echo: Echo) -> str:
-    """Push `repository:tag`; return the registry's manifest digest (`sha256:...`)."""
+def push(
+    client: Any, repository: str, tag: str, echo: Echo, *, docker_config: Path | None = None
+) -> str:
+    """Push `repository:tag`; return the registry's manifest digest (`sha256:...`).
+
+    With the credentials the Docker config (`docker_config`, default ~/.docker) holds for the
+    registry, when it holds any.
+    """
+    creds = credentials.for_registry(repository.split("/", 1)[0], docker_config)
+    auth = {"auth_config": creds.auth_config()} if creds is not None else {}
     digest = ""
     progress = reporter(echo)
     sent: dict[str, int] = {}
     sizes: dict[str, int] = {}
-    refused = (PushError, lambda exc: push_message(repository, explanation(exc)))
+    refused = (PushError, lambda exc: push_message(repository, explanation(exc), creds))
     with (
         map_exceptions({"docker-api": refused}),
         progress.task(f"Pushing {repository}:{tag}", None, "bytes") as task,
     ):
-        for chunk in client.api.push(repository, tag=tag, stream=True, decode=True):
+        for chunk in client.api.push(repository, tag=tag, stream=True, decode=True, **auth):
             if "error" in chunk:
-                raise PushError(push_message(repository, chunk["error"]))
+                raise PushError(push_message(repository, chunk["error"], creds))
             aux = chunk.get("aux") or {}
             if "Digest" in aux:
                 digest = aux["Digest"]
@@ -44,15 +55,21 @@ def push(client: Any, repository: str, tag: str, echo: Echo) -> str:
     return digest
 
 
-def pull(client: Any, repository: str, digest: str, tag: str, echo: Echo) -> Any:
+def pull(
+    client: Any, repository: str, digest: str, tag: str, echo: Echo, *,
+    docker_config: Path | None = None,
+) -> Any:
     """Pull `repository@digest`, tag it `repository:tag` locally and return the image."""
+    creds = credentials.for_registry(repository.split("/", 1)[0], docker_config)
+    auth = {"auth_config": creds.auth_config()} if creds is not None else {}
     progress = reporter(echo)
     got: dict[str, int] = {}
     sizes: dict[str, int] = {}
     failed = f"pulling {repository}@{digest} failed"
     with map_exceptions({"docker-api": (PushError, lambda exc: f"{failed}: {explanation(exc)}")}):
         with progress.task(f"Pulling {repository}@{digest[:19]}", None, "bytes") as task:
-            for chunk in client.api.pull(f"{repository}@{digest}", stream=True, decode=True):
+            for chunk in client.api.pull(f"{repository}@{digest}", stream=True, decode=True,
+                                         **auth):
                 if "error" in chunk:
                     raise PushError(f"{failed}: {chunk['error']}")
                 detail = chunk.get("progressDetail") or {}
@@ -65,11 +82,18 @@ def pull(client: Any, repository: str, digest: str, tag: str, echo: Echo) -> Any
     return client.images.get(pulled.id)
 
 
-def push_message(repository: str, error: str) -> str:
+def push_message(
+    repository: str, error: str, creds: credentials.Credentials | None = None
+) -> str:
     """What a user reads when the registry refused a push or could not be reached."""
     registry = repository.split("/", 1)[0]
     hint = ""
     lowered = error.lower()
+    if any(s in lowered for s in ("unauthorized", "authentication required", "denied",
+                                  "credentials")):
+        hint = (f" The registry refused the credentials of {creds.describe()}." if creds else
+                f" The Docker config holds no credentials for {registry}: run `docker login "
+                f"{registry}` (or point DOCKER_CONFIG at a config that has them).")
     if any(s in lowered for s in ("connection refused", "no such host", "dial tcp",
                                   "not reachable", "timed out")):
         hint = (

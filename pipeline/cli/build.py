@@ -222,7 +222,8 @@ def push(image_ref: str, output: str, quiet: bool) -> None:
     repository, _, tag = image_ref.rpartition(":")
     if not repository or "/" in tag:
         raise click.UsageError(f"IMAGE must be REPOSITORY:TAG, got {image_ref!r}")
-    digest = transfer.push(connect(), repository, tag, echo=Progress(quiet=quiet))
+    digest = transfer.push(connect(), repository, tag, echo=Progress(quiet=quiet),
+                           docker_config=load_settings().docker_config)
     emit({"image": image_ref, "digest": digest, "pinned": f"{repository}@{digest}"}, output,
          f"{repository}@{digest}")
 

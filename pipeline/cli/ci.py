@@ -15,7 +15,14 @@ from typing import Any
 
 import click
 
-from pipeline.cli.options import emit, output_option, quiet_option, say
+from pipeline.cli.options import (
+    allow_dirty_option,
+    emit,
+    output_option,
+    quiet_option,
+    say,
+    wait_option,
+)
 from pipeline.errors import LedgerUnavailable
 
 _CONFIG_HELP = ("TOML file with [release] and [ci] tables (docs/ci-flows.md). "
@@ -95,11 +102,13 @@ def ci() -> None:
 @submit_option
 @click.option("--allow-breaking-api", is_flag=True,
               help="Release even if the service's API breaks production's callers.")
+@allow_dirty_option
+@wait_option
 @output_option
 @quiet_option
 def on_model_registered(model: str, version: int, name: str | None, config_path: Path | None,
-                        outdir: Path, submit: bool, allow_breaking_api: bool, output: str,
-                        quiet: bool) -> None:
+                        outdir: Path, submit: bool, allow_breaking_api: bool, allow_dirty: bool,
+                        wait_s: float, output: str, quiet: bool) -> None:
     """Release NAME/N against production: as the treatment beside production's control.
 
     \b
@@ -114,7 +123,8 @@ def on_model_registered(model: str, version: int, name: str | None, config_path:
     with _quiet_stdout():
         result = flows.on_model_registered(model, str(version), load_settings(), release_config,
                                            ci_config, outdir, _progress(quiet), name=name,
-                                           submit=submit, allow_breaking_api=allow_breaking_api)
+                                           submit=submit, allow_breaking_api=allow_breaking_api,
+                                           allow_dirty=allow_dirty, wait_s=wait_s)
     emit(result.as_dict(), output, _flow_text(result))
 
 
@@ -127,10 +137,11 @@ def on_model_registered(model: str, version: int, name: str | None, config_path:
 @config_option
 @out_option
 @submit_option
+@wait_option
 @output_option
 @quiet_option
 def on_commit(message: str, sha: str, name: str | None, config_path: Path | None, outdir: Path,
-              submit: bool, output: str, quiet: bool) -> None:
+              submit: bool, wait_s: float, output: str, quiet: bool) -> None:
     """Deploy a code-only hotfix when the commit message says `[deploy: code-only]`.
 
     \b
@@ -149,7 +160,7 @@ def on_commit(message: str, sha: str, name: str | None, config_path: Path | None
     release_config, _ = _configs(config_path)
     with _quiet_stdout():
         result = flows.on_commit(message, sha, load_settings(), release_config, outdir,
-                                 _progress(quiet), name=name, submit=submit)
+                                 _progress(quiet), name=name, submit=submit, wait_s=wait_s)
     emit(result.as_dict(), output, _flow_text(result))
 
 
@@ -209,10 +220,11 @@ def webhook(host: str, port: int, config_path: Path | None, outdir: Path | None,
 @config_option
 @out_option
 @submit_option
+@wait_option
 @output_option
 @quiet_option
 def rollback(to: str | None, name: str | None, baseline: str | None, config_path: Path | None,
-             outdir: Path, submit: bool, output: str, quiet: bool) -> None:
+             outdir: Path, submit: bool, wait_s: float, output: str, quiet: bool) -> None:
     """Deploy an earlier image again, by digest: no build.
 
     \b
@@ -232,7 +244,7 @@ def rollback(to: str | None, name: str | None, baseline: str | None, config_path
         with _quiet_stdout():
             result = flows.rollback(load_settings(), release_config, ci_config, outdir,
                                     _progress(quiet), to=to, name=name, baseline=baseline,
-                                    submit=submit)
+                                    submit=submit, wait_s=wait_s)
     except LedgerUnavailable as exc:
         emit(exc.result.as_dict(), output, _rollback_text(exc.result))
         raise

@@ -30,6 +30,20 @@ quiet_option = click.option(
 )
 
 
+wait_option = click.option(
+    "--wait", "wait_s", type=click.FloatRange(min=0), default=600, show_default=True,
+    metavar="SECONDS",
+    help="How long to wait while another release of the same service holds its lease in "
+    "MLflow; then exit 1 naming the holder (CI job, host, since when).",
+)
+
+allow_dirty_option = click.option(
+    "--allow-dirty", is_flag=True,
+    help="Release even with uncommitted changes in the checkout (the image's code version is "
+    "then <sha>-dirty-<hash>, which nobody can check out). Recorded in the ledger.",
+)
+
+
 def say(message: str, *, quiet: bool = False) -> None:
     """Progress for humans: stderr, so stdout stays clean for --output json."""
     if not quiet:

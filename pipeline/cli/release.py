@@ -14,12 +14,14 @@ from typing import Any
 import click
 
 from pipeline.cli.options import (
+    allow_dirty_option,
     check_treatment_options,
     emit,
     model_options,
     output_option,
     quiet_option,
     say,
+    wait_option,
 )
 from pipeline.config import load_settings
 
@@ -263,6 +265,8 @@ def show_release(release_id: str, output: str) -> None:
         f"Tag       {record.image_tag}",
         f"Baseline  {record.baseline or 'none (first release)'}",
         f"Code      {record.code_version}",
+        f"Replaces  {_predecessor(record.predecessor)}",
+        *(["Dirty     allowed (--allow-dirty)"] if record.allow_dirty == "true" else []),
         f"API       {record.api_change or 'not checked'}"
         + (" (OpenAPI spec: openapi.json below)" if "openapi.json" in files else ""),
         *(
@@ -274,6 +278,12 @@ def show_release(release_id: str, output: str) -> None:
         *(f"          {path}" for path in files),
     ]
     emit({"release": record.to_dict(), "files": files}, output, "\n".join(lines))
+
+
+def _predecessor(predecessor: str) -> str:
+    if predecessor == "none":
+        return "nothing (first release)"
+    return f"release {predecessor[:12]}" if predecessor else "not recorded"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -299,12 +309,15 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
               help="Release even if the service's OpenAPI spec breaks callers of production's "
               "(recorded as api_change=breaking-allowed). CI: `[api: allow-breaking]` in the "
               "commit message.")
+@allow_dirty_option
+@wait_option
 @output_option
 @quiet_option
 def release(control: str, treatment: str | None, treatment_weight: int | None, name: str | None,
             config_path: Path | None, outdir: Path, submit: bool, allow_pickle: bool,
             trusted_types: tuple[str, ...], hooks: str | None,
-            allow_breaking_api: bool, output: str, quiet: bool) -> None:
+            allow_breaking_api: bool, allow_dirty: bool, wait_s: float, output: str,
+            quiet: bool) -> None:
     """Build (or reuse) and push the image, render the canary release, record it.
 
     \b
@@ -318,6 +331,12 @@ def release(control: str, treatment: str | None, treatment_weight: int | None, n
     Before anything is built, the service's OpenAPI spec is compared with the one recorded
     for the production release: a breaking change (`bentoship openapi diff` rules) is
     refused unless --allow-breaking-api. The decision is recorded as `api_change`.
+
+    \b
+    A checkout with uncommitted changes is refused unless --allow-dirty (recorded as
+    allow_dirty). One release per service at a time, across machines sharing the MLflow
+    server: a second one waits up to --wait seconds for the first's lease, then exits 1
+    naming its holder.
     """
     from pipeline.build.plan import BuildRequest
     from pipeline.config import load_build_config, load_release_config
@@ -331,7 +350,8 @@ def release(control: str, treatment: str | None, treatment_weight: int | None, n
                            trusted_types=trusted_types, hooks=hooks)
     done = handoff.release(request, load_settings(), config, outdir,
                            echo=lambda m: say(m, quiet=quiet), submit=submit,
-                           allow_breaking_api=allow_breaking_api)
+                           allow_breaking_api=allow_breaking_api, allow_dirty=allow_dirty,
+                           wait_s=wait_s)
     emit(done.as_dict(), output, _handoff_text(done))
 
 

@@ -22,7 +22,7 @@ from pipeline.flows.results import FlowResult
 from pipeline.identity import ImageIdentity
 from pipeline.models import registry
 from pipeline.progress import Echo
-from pipeline.release import ledger
+from pipeline.release import lease, ledger
 from pipeline.release.spec import parse_image_reference
 from pipeline.release.submit import check_submit
 
@@ -67,6 +67,7 @@ def on_commit(
     name: str | None = None,
     submit: bool = False,
     root: Path | None = None,
+    wait_s: float = lease.DEFAULT_WAIT_S,
 ) -> FlowResult:
     """Release the checked-out code with production's model versions, if the message asks.
 
@@ -75,6 +76,7 @@ def on_commit(
     production's image was built with, and hands it to the canary as a `hotfix` release.
     Without the flag, or with a skip flag, nothing happens and the reason says why.
     `[api: allow-breaking]` in the message lets the release change the API incompatibly.
+    Another release of the service is waited for up to `wait_s` seconds (its lease).
     """
     from pipeline.build import builder as build
     from pipeline.build.plan import BuildRequest
@@ -96,33 +98,37 @@ def on_commit(
     with one_at_a_time(settings, echo):
         client = registry.settings_client(settings)
         service = ledger.only_service(client, name, "hotfix")
-        production = ledger.latest_successful(client, name=service)
-        if production is None:
-            raise ReleaseError(
-                f"nothing to hotfix: {service} has no successful release in the ledger at "
-                f"{client.tracking_uri}; a code-only deploy reuses the models of one"
+        with lease.hold(settings, service, echo, wait_s=wait_s, client=client):
+            production = ledger.latest_successful(client, name=service)
+            if production is None:
+                raise ReleaseError(
+                    f"nothing to hotfix: {service} has no successful release in the ledger at "
+                    f"{client.tracking_uri}; a code-only deploy reuses the models of one"
+                )
+            if production.code_version == code:
+                return FlowResult(flow, "skipped",
+                                  f"release {production.short_id} already runs code {code}")
+            repository, digest = parse_image_reference(production.image,
+                                                       option="production image")
+            identity = remote_identity(repository, digest, settings.docker_config)
+            check_manifests(client, production, identity)
+            models = production.model_versions
+            treatment = models.get("treatment")
+            request = BuildRequest(
+                control=f"{models['control']['name']}/{models['control']['version']}",
+                treatment=f"{treatment['name']}/{treatment['version']}" if treatment else None,
+                name=service,
+                treatment_weight=identity.treatment_weight if treatment else None,
+                allow_pickle=identity.allow_pickle,
+                trusted_types=identity.trusted_types,  # the same models: the same trust
             )
-        if production.code_version == code:
-            return FlowResult(flow, "skipped",
-                              f"release {production.short_id} already runs code {code}")
-        repository, digest = parse_image_reference(production.image, option="production image")
-        identity = remote_identity(repository, digest)
-        check_manifests(client, production, identity)
-        models = production.model_versions
-        treatment = models.get("treatment")
-        request = BuildRequest(
-            control=f"{models['control']['name']}/{models['control']['version']}",
-            treatment=f"{treatment['name']}/{treatment['version']}" if treatment else None,
-            name=service,
-            treatment_weight=identity.treatment_weight if treatment else None,
-            allow_pickle=identity.allow_pickle,
-            trusted_types=identity.trusted_types,  # the models are the same: so is their trust
-        )
-        why = (f"{decision.reason}: code {code} with the models of release "
-               f"{production.short_id} ({describe_models(models)})")
-        echo(f"Hotfix of {service}: {why}")
-        done = handoff.release(request, settings, release_config, outdir, echo, kind="hotfix",
-                               submit=submit, allow_breaking_api=decision.allow_breaking_api)
+            why = (f"{decision.reason}: code {code} with the models of release "
+                   f"{production.short_id} ({describe_models(models)})")
+            echo(f"Hotfix of {service}: {why}")
+            done = handoff.release(request, settings, release_config, outdir, echo,
+                                   kind="hotfix", submit=submit,
+                                   allow_breaking_api=decision.allow_breaking_api,
+                                   wait_s=wait_s, root=root)
     return FlowResult(flow, "released", why, done)
 
 

@@ -7,6 +7,7 @@ recorded for it; `remote_identity` reads them without pulling the image.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 from pipeline.build import oci
 from pipeline.errors import ReleaseError
@@ -31,9 +32,11 @@ def describe_models(models: Models) -> str:
     return ", ".join(f"{v}={m.get('name')}/{m.get('version')}" for v, m in sorted(models.items()))
 
 
-def remote_identity(repository: str, digest: str) -> ImageIdentity:
+def remote_identity(
+    repository: str, digest: str, docker_config: Path | None = None
+) -> ImageIdentity:
     """The labels of `repository@digest` as the registry serves them; ReleaseError if gone."""
-    found = oci.find(repository, digest)
+    found = oci.find(repository, digest, docker_config=docker_config)
     if found is None:
         raise ReleaseError(
             f"{repository}@{digest} is not in the registry any more (deleted or garbage-"

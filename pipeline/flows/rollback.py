@@ -10,6 +10,7 @@ not recorded: LedgerUnavailable carries the result. `bentoship rollback` calls `
 from __future__ import annotations
 
 import re
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -23,7 +24,7 @@ from pipeline.flows.results import RollbackResult
 from pipeline.identity import LABEL_PREFIX, parse_tag
 from pipeline.models import registry
 from pipeline.progress import Echo
-from pipeline.release import ledger
+from pipeline.release import lease, ledger
 from pipeline.release.files import render_release
 from pipeline.release.spec import ReleaseSpec, parse_image_reference
 from pipeline.release.submit import check_submit, submit_pipeline
@@ -130,7 +131,7 @@ def _resolve_target(
                     "the repository too (REPOSITORY:TAG) or --name to look it up in the registry"
                 )
             in_repo = f"{settings.oci_registry}/{name}"
-        found = oci.find(in_repo, target.tag)
+        found = oci.find(in_repo, target.tag, docker_config=settings.docker_config)
         if found is None:
             raise ReleaseError(f"{in_repo}:{target.tag} is not in the registry")
         return in_repo, found.digest, None, f"tag {target.tag} in the registry"
@@ -157,6 +158,7 @@ def rollback(
     name: str | None = None,
     baseline: str | None = None,
     submit: bool = False,
+    wait_s: float = lease.DEFAULT_WAIT_S,
 ) -> RollbackResult:
     """Deploy an earlier image again: no build; the registry must still serve it.
 
@@ -165,7 +167,8 @@ def rollback(
     `REPO:TAG`) still renders, deploying directly; the ledger entry is then missing and
     LedgerUnavailable is raised after rendering (the result is attached to it as `.result`).
     `baseline` (REPO@sha256:...) names production's image for that case; with the ledger up it
-    must agree with the ledger.
+    must agree with the ledger. With the ledger up, the service's release lease is held from
+    the moment the image names the service; another release is waited for up to `wait_s`.
     """
     from pipeline.release import handoff
 
@@ -182,11 +185,11 @@ def rollback(
             "--to REPOSITORY@sha256:...` (the digest is in the earlier release's pipeline.json "
             "and in `bentoship releases list --output json`), or `--to REPOSITORY:TAG`."
         )
-    with one_at_a_time(settings, echo):
+    with one_at_a_time(settings, echo), ExitStack() as held:
         client = None if problem else registry.settings_client(settings)
         repository, digest, record, chosen = _resolve_target(target, settings, client, name)
         echo(f"Rolling back to {repository}@{digest}: {chosen}")
-        identity = remote_identity(repository, digest)
+        identity = remote_identity(repository, digest, settings.docker_config)
         models = {variant: dict(model) for variant, model in identity.models.items()}
         service = identity.title
         if "control" not in models or not service:
@@ -196,6 +199,8 @@ def rollback(
             )
         if name is not None and service != name:
             raise ReleaseError(f"{repository}@{digest} is an image of {service}, not of {name}")
+        if client is not None:
+            held.enter_context(lease.hold(settings, service, echo, wait_s=wait_s, client=client))
         if client is not None and record is None:
             record = ledger.find_succeeded(client, name=service, image=f"{repository}@{digest}")
         if record is not None and not same_models(record.model_versions, models):
@@ -207,6 +212,7 @@ def rollback(
         echo(f"  the registry serves it; its labels name {describe_models(models)}")
 
         current = given
+        production = None
         if client is not None:
             production = ledger.latest_successful(client, name=service)
             current = None
@@ -241,7 +247,8 @@ def rollback(
         config = rollback_release_config(release_config, ci) if ci.rollback_canary else \
             release_config
         if client is not None:
-            done = handoff.hand_over(spec, config, outdir, settings, echo, None, submit)
+            done = handoff.hand_over(spec, config, outdir, settings, echo, None, submit,
+                                     production=production)
             return RollbackResult(spec, done.files, chosen, done.record,
                                   f"recorded as release {done.record.short_id}", done.submitted,
                                   done.submit_note)

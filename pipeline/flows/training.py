@@ -21,7 +21,7 @@ from pipeline.flows.preflight import one_at_a_time
 from pipeline.flows.results import FlowResult
 from pipeline.models import registry
 from pipeline.progress import Echo
-from pipeline.release import ledger
+from pipeline.release import lease, ledger
 from pipeline.release.submit import check_submit
 
 if TYPE_CHECKING:
@@ -95,13 +95,17 @@ def on_model_registered(
     name: str | None = None,
     submit: bool = False,
     allow_breaking_api: bool = False,
+    allow_dirty: bool = False,
+    wait_s: float = lease.DEFAULT_WAIT_S,
 ) -> FlowResult:
     """Release a newly registered version against production (see the module docstring).
 
     Skips, saying why, when the model is not followed, when the version already is production's
     control, and when production already runs exactly these versions with this code. A change
     of the service's API that breaks production's callers is refused by the handoff's API guard
-    (pipeline/release/handoff.py) unless `allow_breaking_api`.
+    (pipeline/release/handoff.py) unless `allow_breaking_api`; a dirty work tree unless
+    `allow_dirty`. Another release of the service is waited for up to `wait_s` seconds (its
+    lease, pipeline/release/lease.py), then LeaseHeld names it.
     """
     from pipeline.build import builder as build
     from pipeline.identity import code_version
@@ -118,24 +122,27 @@ def on_model_registered(
         client = registry.settings_client(settings)
         mv = _wait_until_ready(client, model, str(version), ci, echo)
         service = name or bento.service_name(mv.name)
-        production = ledger.latest_successful(client, name=service)
-        request, why = plan_model_release(mv.name, mv.version, production, ci, service)
-        if request is None:
-            return FlowResult(flow, "skipped", why)
-        if production is not None:
-            planned = {"control": _ref(request.control)}
-            if request.treatment is not None:
-                planned["treatment"] = _ref(request.treatment)
-            code = code_version(build.PROJECT_ROOT).label
-            if same_models(production.model_versions, planned) and production.code_version == code:
-                return FlowResult(
-                    flow, "skipped",
-                    f"release {production.short_id} already runs {describe_models(planned)} "
-                    f"with code {code}: nothing new to release",
-                )
-        echo(f"Releasing {service}: {why}")
-        done = handoff.release(request, settings, release_config, outdir, echo, kind="model",
-                               submit=submit, allow_breaking_api=allow_breaking_api)
+        with lease.hold(settings, service, echo, wait_s=wait_s, client=client):
+            production = ledger.latest_successful(client, name=service)
+            request, why = plan_model_release(mv.name, mv.version, production, ci, service)
+            if request is None:
+                return FlowResult(flow, "skipped", why)
+            if production is not None:
+                planned = {"control": _ref(request.control)}
+                if request.treatment is not None:
+                    planned["treatment"] = _ref(request.treatment)
+                code = code_version(build.PROJECT_ROOT).label
+                if same_models(production.model_versions, planned) \
+                        and production.code_version == code:
+                    return FlowResult(
+                        flow, "skipped",
+                        f"release {production.short_id} already runs {describe_models(planned)} "
+                        f"with code {code}: nothing new to release",
+                    )
+            echo(f"Releasing {service}: {why}")
+            done = handoff.release(request, settings, release_config, outdir, echo, kind="model",
+                                   submit=submit, allow_breaking_api=allow_breaking_api,
+                                   allow_dirty=allow_dirty, wait_s=wait_s)
     return FlowResult(flow, "released", why, done)
 
 

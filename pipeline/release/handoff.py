@@ -14,6 +14,12 @@ which CI passes as `allow_breaking_api=True`). The decision is recorded with the
 
 `release` builds, then `hand_over` renders, submits (pipeline/release/submit.py, `--submit`)
 and records; a rollback, which builds nothing, calls `hand_over` directly.
+
+One release per service at a time: `release` refuses a dirty work tree (unless `allow_dirty`,
+recorded), then holds the service's lease (pipeline/release/lease.py) from before production is
+read until the release is recorded, waiting up to `wait_s` for another holder. Right before
+anything is submitted or recorded, `hand_over` checks that the lease is still ours and that
+production is still the release this one was planned against, and records that predecessor.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from pipeline.build.plan import BuildRequest, Plan
 from pipeline.config import ReleaseConfig, Settings
 from pipeline.errors import ReleaseError
 from pipeline.models import registry
-from pipeline.release import ledger
+from pipeline.release import lease, ledger
 from pipeline.release.api_diff import Change, diff_specs
 from pipeline.release.api_export import service_spec
 from pipeline.release.files import render_release
@@ -139,15 +145,42 @@ def release(
     kind: Literal["model", "hotfix"] = "model",
     submit: bool = False,
     allow_breaking_api: bool = False,
+    allow_dirty: bool = False,
+    wait_s: float = lease.DEFAULT_WAIT_S,
+    root: Path | None = None,
 ) -> Handoff:
     """Build and push `req`, render the canary release against production, record it.
 
     A breaking change of the API against production's is refused before anything is built
-    (see the module docstring) unless `allow_breaking_api`.
+    (see the module docstring) unless `allow_breaking_api`; so is a dirty work tree at `root`
+    (default: the checkout the image is built from) unless `allow_dirty`. Waits up to `wait_s`
+    seconds for another release of the same service (LeaseHeld after that).
     """
-    from pipeline.build.engine import connect
+    from pipeline.build import bento
+    from pipeline.build.builder import PROJECT_ROOT
 
     check_submit(submit)
+    identity.check_clean(root or PROJECT_ROOT, allow_dirty=allow_dirty)
+    service = req.name or bento.service_name(registry.parse_ref(req.control).name)
+    with lease.hold(settings, service, echo, wait_s=wait_s):
+        return _release(req, settings, config, outdir, echo, kind=kind, submit=submit,
+                        allow_breaking_api=allow_breaking_api, allow_dirty=allow_dirty)
+
+
+def _release(
+    req: BuildRequest,
+    settings: Settings,
+    config: ReleaseConfig,
+    outdir: Path,
+    echo: Callable[[str], None],
+    *,
+    kind: Literal["model", "hotfix"],
+    submit: bool,
+    allow_breaking_api: bool,
+    allow_dirty: bool,
+) -> Handoff:
+    from pipeline.build.engine import connect
+
     mlflow_client = registry.settings_client(settings)
     checked: list[tuple[bytes, ApiCheck]] = []
 
@@ -181,7 +214,8 @@ def release(
         kind=kind,
         openapi=openapi,
     )
-    return hand_over(spec, config, outdir, settings, echo, result, submit, api=api)
+    return hand_over(spec, config, outdir, settings, echo, result, submit, api=api,
+                     production=production, allow_dirty=allow_dirty)
 
 
 def hand_over(
@@ -193,22 +227,38 @@ def hand_over(
     result: BuildResult | None,
     submit: bool,
     *,
+    production: ledger.ReleaseRecord | None,
     api: ApiCheck | None = None,
+    allow_dirty: bool | None = None,
+    wait_s: float = lease.DEFAULT_WAIT_S,
 ) -> Handoff:
     """Render `spec` into `outdir`, submit it when asked, record it in the ledger.
 
     The last steps of every release: `release` after its build, a rollback (which builds
-    nothing) directly. `result` is the build, None when nothing was built.
+    nothing) directly. `result` is the build, None when nothing was built. `production` is the
+    release this one replaces, as read when it was planned: if the ledger's production is
+    another one by now, or the service's lease is no longer ours, ReleaseConflict and nothing
+    is submitted or recorded. `allow_dirty` is recorded when given.
     """
-    echo(f"Rendering the {spec.mode} release into {outdir}")
-    files = render_release(spec, config, outdir)
-    submitted, note = submit_pipeline(files, submit)
-    record = ledger.record_release(
-        registry.settings_client(settings), spec, files,
-        artifact_root=settings.embedded_artifact_root,
-        api_change=api.decision if api else None,
-        api_diff=api.as_dict() if api and api.changes else None,
-    )
+    client = registry.settings_client(settings)
+    with lease.hold(settings, spec.name, echo, wait_s=wait_s, client=client) as held:
+        echo(f"Rendering the {spec.mode} release into {outdir}")
+        files = render_release(spec, config, outdir)
+        held.verify()
+        ledger.check_production(client, spec.name, production)
+        submitted, note = submit_pipeline(files, submit)
+        held.verify()
+        ledger.check_production(client, spec.name, production)
+        record = ledger.record_release(
+            client, spec, files,
+            artifact_root=settings.embedded_artifact_root,
+            api_change=api.decision if api else None,
+            api_diff=api.as_dict() if api and api.changes else None,
+            predecessor=production.release_id if production else None,
+            allow_dirty=allow_dirty,
+            trusted_types=(identity.ImageIdentity.from_labels(result.labels).trusted_types
+                           if result is not None else ()),
+        )
     api_note = f", API change: {api.decision}" if api else ""
     echo(f"Recorded release {record.short_id} ({spec.kind}{api_note}) in the ledger")
     return Handoff(result, spec, record, files, submitted, note, api)

@@ -4,8 +4,13 @@ A release is recorded only after its image was pushed and its files rendered; th
 what was released (tags and params: kind, model versions, code version, image tag, image and
 baseline by digest, the API guard's decision `api_change`) and, as artifacts, the rendered
 release files, the OpenAPI spec (`openapi.json`) and its diff against production
-(`openapi-diff.json`). The
-release id is the run id; any unique prefix of it works too.
+(`openapi-diff.json`), the release it replaced (`predecessor`: production's release id when it
+was planned, `none` for a first release) and whether a dirty work tree was allowed
+(`allow_dirty`). The release id is the run id; any unique prefix of it works too.
+
+`check_production` is the check at record time: production must still be the release this one
+was planned against, so the ledger never records two successors of one release (the release
+lease, pipeline/release/lease.py, keeps two releases of a service from running at once).
 
 The flows (pipeline/flows/) ask it every question about earlier releases: production is the
 newest succeeded release of the service (`latest_successful`); the release a rollback goes
@@ -24,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import ConfigError, ReleaseError, map_exceptions
+from pipeline.errors import ConfigError, ReleaseConflict, ReleaseError, map_exceptions
 from pipeline.release.spec import KINDS, ReleaseSpec
 
 if TYPE_CHECKING:
@@ -59,6 +64,9 @@ class ReleaseRecord:
     model_versions: dict[str, dict[str, str]]
     artifact_uri: str
     api_change: str = ""  # one of API_CHANGES; empty when not checked (rollbacks, older records)
+    predecessor: str = ""  # the production release it replaced; "none" first; "" older records
+    allow_dirty: str = ""  # "true" / "false" when a release from a work tree recorded it
+    trusted_types: str = ""  # skops types its build trusted by name, comma-separated
 
     @property
     def short_id(self) -> str:
@@ -86,6 +94,9 @@ def record_release(
     artifact_root: Path | None = None,
     api_change: str | None = None,
     api_diff: Mapping[str, Any] | None = None,
+    predecessor: str | None = None,
+    allow_dirty: bool | None = None,
+    trusted_types: Sequence[str] = (),
 ) -> ReleaseRecord:
     """Record a pushed and rendered release as one finished run; return it as read back.
 
@@ -93,8 +104,10 @@ def record_release(
     embedded store pass `artifact_root` so artifacts land in the state folder, not `./mlruns`.
     `api_change` (one of API_CHANGES) is the API guard's decision, recorded as the tag
     `bentoship.api_change` and the param `api_change`; `api_diff` is logged as
-    `openapi-diff.json`. If logging fails half-way the run is deleted again and ReleaseError
-    raised.
+    `openapi-diff.json`. `predecessor` is the release id of the production this release
+    replaces (None: a first release); `allow_dirty`, when given, whether the release was allowed
+    to come from a dirty work tree. If logging fails half-way the run is deleted again and
+    ReleaseError raised.
     """
     from mlflow.entities import Param, RunTag
     from mlflow.exceptions import MlflowException
@@ -124,6 +137,9 @@ def record_release(
             for variant, m in spec.model_versions.items()
         },
         **({f"{_TAG}api_change": api_change} if api_change else {}),
+        f"{_TAG}predecessor": predecessor or "none",
+        **({f"{_TAG}allow_dirty": str(allow_dirty).lower()} if allow_dirty is not None else {}),
+        **({f"{_TAG}trusted_types": ",".join(trusted_types)} if trusted_types else {}),
     }
     params = {
         "name": spec.name,
@@ -139,6 +155,9 @@ def record_release(
             for key, value in m.items()
         },
         **({"api_change": api_change} if api_change else {}),
+        "predecessor": predecessor or "none",
+        **({"allow_dirty": str(allow_dirty).lower()} if allow_dirty is not None else {}),
+        **({"trusted_types": ",".join(trusted_types)} if trusted_types else {}),
     }
     with map_exceptions({"mlflow": (
         ReleaseError, lambda exc: f"cannot record the release in {client.tracking_uri}: {exc}"
@@ -168,6 +187,24 @@ def record_release(
             f"rolled back: {exc}"
         ) from exc
     return _record(client.get_run(run_id))
+
+
+def check_production(client: MlflowClient, name: str, expected: ReleaseRecord | None) -> None:
+    """ReleaseConflict unless production of `name` is still `expected` (None: no release yet)."""
+    with map_exceptions({"mlflow": (
+        ReleaseError, lambda exc: f"cannot read production of {name} from {client.tracking_uri}: "
+        f"{exc}. Nothing was recorded."
+    )}):
+        now = latest_successful(client, name=name)
+    if (now.release_id if now else None) == (expected.release_id if expected else None):
+        return
+    was = f"release {expected.short_id} ({expected.image})" if expected else "no release yet"
+    raise ReleaseConflict(
+        f"production of {name} changed while this release ran: it was {was}, the ledger now "
+        f"says release {now.short_id if now else '?'} ({now.image if now else 'none'}), "
+        "recorded by another release. Nothing was submitted or recorded for this one; run it "
+        "again to release against the new production."
+    )
 
 
 def list_releases(
@@ -412,4 +449,7 @@ def _record(run: Run) -> ReleaseRecord:
         model_versions=models,
         artifact_uri=run.info.artifact_uri or "",
         api_change=tags.get(f"{_TAG}api_change", ""),
+        predecessor=tags.get(f"{_TAG}predecessor", ""),
+        allow_dirty=tags.get(f"{_TAG}allow_dirty", ""),
+        trusted_types=tags.get(f"{_TAG}trusted_types", ""),
     )

@@ -23,7 +23,7 @@ from pipeline.config import Settings, parse_release_config
 from pipeline.models.registry import client_for, ensure_experiment, fluent_uris
 from pipeline.release import handoff, ledger
 from tests import servicekit
-from tests.stores import store_settings
+from tests.stores import ALLOW_DIRTY, CHECKOUT_DIRTY, store_settings
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -118,6 +118,7 @@ def production(
         config,
         out / "first",
         echo=print,
+        allow_dirty=CHECKOUT_DIRTY,
     )
     compatible = handoff.release(
         BuildRequest(control=store.ref("optional"), name=SERVICE),
@@ -125,6 +126,7 @@ def production(
         config,
         out / "compatible",
         echo=print,
+        allow_dirty=CHECKOUT_DIRTY,
     )
     return first, compatible
 
@@ -177,7 +179,8 @@ def test_a_breaking_release_is_refused_and_records_nothing(
     out = tmp_path / "refused"
     result = CliRunner().invoke(
         cli,
-        ["release", "--model", store.ref("dropped"), "--name", SERVICE, "--out", str(out)],
+        ["release", "--model", store.ref("dropped"), "--name", SERVICE, "--out", str(out),
+         *ALLOW_DIRTY],
         env=store.env,
     )
     assert result.exit_code == 1, result.output
@@ -206,6 +209,7 @@ def test_a_breaking_release_goes_through_when_allowed_and_says_so(
             "--name",
             SERVICE,
             "--allow-breaking-api",
+            *ALLOW_DIRTY,
             "--out",
             str(tmp_path / "allowed"),
             "--output",

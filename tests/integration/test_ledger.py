@@ -251,3 +251,23 @@ def test_cli_lists_and_shows_releases(
     missing = runner.invoke(cli, ["releases", "show", "nope"])
     assert missing.exit_code == 1
     assert "no release with id 'nope'" in missing.output
+
+
+def test_a_release_planned_against_an_older_production_is_not_recorded(
+    client: MlflowClient, tmp_path: Path
+) -> None:
+    from pipeline.errors import ReleaseConflict
+
+    first = record(client, tmp_path, spec(1))
+    ledger.check_production(client, "demo-classifier", first)  # still production: fine
+    # Another release recorded a successor of `first` meanwhile; one planned from nothing (or
+    # from `first`) must not become a second successor.
+    second = record(client, tmp_path, spec(2, baseline=1))
+    with pytest.raises(ReleaseConflict) as refused:
+        ledger.check_production(client, "demo-classifier", first)
+    message = str(refused.value)
+    assert f"it was release {first.short_id}" in message
+    assert f"now says release {second.short_id}" in message
+    assert "Nothing was submitted or recorded" in message and "run it again" in message
+    with pytest.raises(ReleaseConflict, match="it was no release yet"):
+        ledger.check_production(client, "demo-classifier", None)

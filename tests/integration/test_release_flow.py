@@ -18,7 +18,7 @@ from pipeline.errors import PushError
 from pipeline.models.registry import client_for
 from pipeline.release import handoff, ledger
 from pipeline.release.kayenta import CANARY_METRIC_NAMES
-from tests.stores import store_settings, train_demo
+from tests.stores import CHECKOUT_DIRTY, store_settings, train_demo
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -37,9 +37,11 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 def two_releases(store: Settings, docker_client, base_image, tmp_path_factory):  # type: ignore[no-untyped-def]
     out = tmp_path_factory.mktemp("releases")
     config = parse_release_config({})
-    first = handoff.release(AB, store, config, out / "first", echo=print)
+    first = handoff.release(AB, store, config, out / "first", echo=print,
+                            allow_dirty=CHECKOUT_DIRTY)
     swapped = replace(AB, control="demo-classifier/2", treatment="demo-classifier/1")
-    second = handoff.release(swapped, store, config, out / "second", echo=print)
+    second = handoff.release(swapped, store, config, out / "second", echo=print,
+                             allow_dirty=CHECKOUT_DIRTY)
     return first, second
 
 
@@ -67,6 +69,9 @@ def test_second_release_canaries_against_production(two_releases) -> None:  # ty
     baseline = (second.files["k8s/deployment-baseline.yaml"]).read_text()
     assert second.spec.digest in canary and first.spec.digest in baseline
     assert ":ctl-v" not in canary  # by digest, never by tag
+    # The ledger says which release each one replaced: one successor per production.
+    assert first.record.predecessor == "none"
+    assert second.record.predecessor == first.record.release_id
 
 
 def test_release_records_the_openapi_spec(two_releases) -> None:  # type: ignore[no-untyped-def]
@@ -116,6 +121,7 @@ def test_push_failure_records_nothing(store: Settings, two_releases, tmp_path: P
     before = _ledger_ids(store)
     down = replace(store, oci_registry="127.0.0.1:5999")
     with pytest.raises(PushError, match="not reachable"):
-        handoff.release(AB, down, parse_release_config({}), tmp_path / "out", echo=print)
+        handoff.release(AB, down, parse_release_config({}), tmp_path / "out", echo=print,
+                        allow_dirty=CHECKOUT_DIRTY)
     assert _ledger_ids(store) == before
     assert not (tmp_path / "out").exists()

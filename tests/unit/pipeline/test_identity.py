@@ -8,6 +8,7 @@ import pytest
 from pipeline.errors import ConfigError
 from pipeline.identity import (
     LABEL_PREFIX,
+    ImageIdentity,
     ModelLayer,
     code_version,
     differences,
@@ -73,7 +74,7 @@ def test_tag_carries_both_model_versions_and_the_code_version() -> None:
 # --- `differences`: whether an existing image is this same build ---------------------------------
 
 
-def build_labels(**changes: str) -> dict[str, str]:
+def build_labels(trusted_types: tuple[str, ...] = (), **changes: str) -> dict[str, str]:
     """The labels `image_labels` writes for one A/B build; `changes` override some of them."""
     labels = image_labels(
         tag="ctl-v1.trt-v2.code-1a2b3c4",
@@ -90,6 +91,7 @@ def build_labels(**changes: str) -> dict[str, str]:
         requirements_sha256="r" * 64,
         base_ref="127.0.0.1:5000/bentoship/base@sha256:" + "b" * 64,
         config_sha256="c" * 64,
+        trusted_types=trusted_types,
     )
     for key, value in changes.items():
         labels[f"{LABEL_PREFIX}.{key}"] = value
@@ -144,3 +146,10 @@ def test_created_and_other_non_identity_labels_do_not_count() -> None:
     found["org.opencontainers.image.source"] = "https://git.example.com/ml/bentoship.git"
     found["maintainer"] = "someone else"  # added by a base image or a CI system
     assert differences(found, build_labels()) == []
+
+
+def test_trusted_types_are_labelled_and_read_back_sorted() -> None:
+    assert ImageIdentity.from_labels(build_labels()).trusted_types == ()
+    labels = build_labels(("xgboost.sklearn.XGBClassifier", "xgboost.core.Booster"))
+    assert ImageIdentity.from_labels(labels).trusted_types == (
+        "xgboost.core.Booster", "xgboost.sklearn.XGBClassifier")
