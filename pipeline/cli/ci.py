@@ -44,6 +44,13 @@ def _configs(path: Path | None) -> tuple[Any, Any]:
     return load_release_config(path), load_ci_config(path)
 
 
+def _build_config(path: Path | None) -> Any:
+    """The [build] and [service] tables (requirements, trusted types, the team's hooks)."""
+    from pipeline.config import load_build_config
+
+    return load_build_config(_config_path(path))
+
+
 def _quiet_stdout() -> contextlib.AbstractContextManager[Any]:
     """Keep stdout for the result: MLflow's client prints run links there (HTTP tracking)."""
     return contextlib.redirect_stdout(sys.stderr)
@@ -124,7 +131,8 @@ def on_model_registered(model: str, version: int, name: str | None, config_path:
         result = flows.on_model_registered(model, str(version), load_settings(), release_config,
                                            ci_config, outdir, _progress(quiet), name=name,
                                            submit=submit, allow_breaking_api=allow_breaking_api,
-                                           allow_dirty=allow_dirty, wait_s=wait_s)
+                                           allow_dirty=allow_dirty, wait_s=wait_s,
+                                           build_config=_build_config(config_path))
     emit(result.as_dict(), output, _flow_text(result))
 
 
@@ -160,7 +168,8 @@ def on_commit(message: str, sha: str, name: str | None, config_path: Path | None
     release_config, _ = _configs(config_path)
     with _quiet_stdout():
         result = flows.on_commit(message, sha, load_settings(), release_config, outdir,
-                                 _progress(quiet), name=name, submit=submit, wait_s=wait_s)
+                                 _progress(quiet), name=name, submit=submit, wait_s=wait_s,
+                                 build_config=_build_config(config_path))
     emit(result.as_dict(), output, _flow_text(result))
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pipeline.config import ReleaseConfig, Settings
+from pipeline.config import BuildConfig, ReleaseConfig, Settings
 from pipeline.errors import ArtifactError, ConfigError, ReleaseError, map_exceptions
 from pipeline.flows.flags import parse_commit_flags
 from pipeline.flows.images import describe_models, remote_identity
@@ -68,6 +68,7 @@ def on_commit(
     submit: bool = False,
     root: Path | None = None,
     wait_s: float = lease.DEFAULT_WAIT_S,
+    build_config: BuildConfig | None = None,
 ) -> FlowResult:
     """Release the checked-out code with production's model versions, if the message asks.
 
@@ -121,6 +122,8 @@ def on_commit(
                 treatment_weight=identity.treatment_weight if treatment else None,
                 allow_pickle=identity.allow_pickle,
                 trusted_types=identity.trusted_types,  # the same models: the same trust
+                # The code of this commit, its hooks included ([service] of bentoship.toml).
+                build_config=build_config if build_config is not None else BuildConfig(),
             )
             why = (f"{decision.reason}: code {code} with the models of release "
                    f"{production.short_id} ({describe_models(models)})")

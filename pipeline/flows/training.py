@@ -10,11 +10,12 @@ webhook receiver (pipeline/flows/receiver.py) call `on_model_registered`.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pipeline.build import bento
-from pipeline.config import CiConfig, ReleaseConfig, Settings
+from pipeline.config import BuildConfig, CiConfig, ReleaseConfig, Settings
 from pipeline.errors import ConfigError, VersionNotReadyError
 from pipeline.flows.images import describe_models, same_models
 from pipeline.flows.preflight import one_at_a_time
@@ -97,8 +98,12 @@ def on_model_registered(
     allow_breaking_api: bool = False,
     allow_dirty: bool = False,
     wait_s: float = lease.DEFAULT_WAIT_S,
+    build_config: BuildConfig | None = None,
 ) -> FlowResult:
     """Release a newly registered version against production (see the module docstring).
+
+    `build_config` is bentoship.toml's `[build]`/`[service]` (requirements, trusted types, the
+    team's hooks); the defaults when None.
 
     Skips, saying why, when the model is not followed, when the version already is production's
     control, and when production already runs exactly these versions with this code. A change
@@ -125,6 +130,8 @@ def on_model_registered(
         with lease.hold(settings, service, echo, wait_s=wait_s, client=client):
             production = ledger.latest_successful(client, name=service)
             request, why = plan_model_release(mv.name, mv.version, production, ci, service)
+            if request is not None and build_config is not None:
+                request = replace(request, build_config=build_config)
             if request is None:
                 return FlowResult(flow, "skipped", why)
             if production is not None:
