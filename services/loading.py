@@ -233,7 +233,7 @@ def _load_sklearn(
         if foreign:
             author = conf.get("skops_trusted_types") or ()
             _refuse_unless(allow_pickle, model_dir,
-                           sklearn_flavor.refusal(model_file, foreign, author))
+                           sklearn_flavor.refusal(model_file, foreign, author), skops=True)
         estimator = sklearn_flavor.load_skops(model_file, untrusted)
         how = "skops" + (f", trusting {sorted(trusted_types)}" if trusted_types else "")
     elif fmt in ("pickle", "cloudpickle"):
@@ -250,13 +250,16 @@ def _load_sklearn(
 # --- pickle fallbacks ----------------------------------------------------------------------
 
 
-def _refuse_unless(allow_pickle: bool, model_dir: Path, why: str) -> None:
+def _refuse_unless(allow_pickle: bool, model_dir: Path, why: str, *, skops: bool = False) -> None:
     if not allow_pickle:
-        raise UnsafeModelError(
-            f"{model_dir}: refusing to load, {why}. Loading it can run arbitrary code. Re-save the "
-            "model with a native format (mlflow.xgboost, or mlflow.sklearn with skops), or build "
-            "with allow_pickle=true if you trust its origin."
+        todo = (
+            "Or build with allow_pickle=true (--allow-pickle), which trusts every type, only if "
+            "you trust its origin." if skops else
+            "Loading it can run arbitrary code. Re-save the model with a native format "
+            "(mlflow.xgboost, mlflow.lightgbm, mlflow.onnx, or mlflow.sklearn with skops), or "
+            "build with allow_pickle=true (--allow-pickle) if you trust its origin."
         )
+        raise UnsafeModelError(f"{model_dir}: refusing to load, {why.rstrip('.')}. {todo}")
     logger.warning(
         "!!! allow_pickle=true: loading %s although %s. This can execute arbitrary code from the "
         "model artifact. Only do this for models from a trusted source. !!!",

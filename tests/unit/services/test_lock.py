@@ -13,7 +13,7 @@ from pipeline.build.base import LOCK_FILE, lock_pins
 # The libraries a pickled, skops'd or saved model is tied to, and BentoML's store format.
 MODEL_FACING = [
     "bentoml", "scikit-learn", "xgboost-cpu", "skops", "lightgbm", "onnxruntime", "onnx", "pandas",
-    "numpy",
+    "numpy", "cloudpickle",
 ]
 
 
