@@ -158,7 +158,8 @@ class Receiver:
     At most `queue_size` accepted deliveries wait for the worker; a new one beyond that is
     answered 429 with `Retry-After: retry_after_s` and is neither journaled nor queued, so
     MLflow's retry is a new delivery, not a duplicate. Bodies over `max_body` bytes are 413;
-    a body that takes longer than `read_timeout_s` to arrive is 408.
+    a body that takes longer than `read_timeout_s` to arrive is 408; while `max_reading` bodies
+    are being read, another request is 429 `busy` before its body is read.
     """
 
     def __init__(
@@ -175,6 +176,7 @@ class Receiver:
         max_body: int = MAX_BODY,
         read_timeout_s: float = 10.0,
         retry_after_s: int = 5,
+        max_reading: int = 64,
         echo: Echo = lambda message: None,
     ) -> None:
         if not secret:
@@ -193,6 +195,7 @@ class Receiver:
         self.max_body = max_body
         self.read_timeout_s = read_timeout_s
         self.retry_after_s = retry_after_s
+        self.max_reading = max_reading
         self.echo = echo
         self.counts: Counter[str] = Counter()
         # Unbounded itself: deliveries resumed at start may exceed `queue_size`; the bound is

@@ -7,8 +7,12 @@ the receiver before anything is verified:
     411 length_required     no Content-Length (a chunked body of unknown size)
     413 too_large           Content-Length, or the bytes actually sent, over the limit
     408 request_timeout     the body did not arrive within the read timeout (a slow client)
-    429 queue_full          the release queue is full: `Retry-After` says when to try again
-                            (MLflow retries 429s; a forged delivery is refused before this)
+    429 busy                `max_reading` bodies are being read already: buffered bodies,
+                            forged ones included (a signature needs the whole body), stay
+                            under `max_reading` x `max_body` bytes
+    429 queue_full          the release queue is full (a forged delivery is refused before)
+
+Both 429s carry `Retry-After`; MLflow retries 429s.
 
 `server(app, ...)` is the uvicorn server; `Receiver.start()` runs it in a thread of its own on
 the socket the receiver bound, and `Receiver.stop()` shuts it down gracefully: no new
@@ -27,7 +31,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -49,29 +53,45 @@ def _answer(code: int, payload: dict[str, Any], headers: dict[str, str] | None =
 def app(receiver: Receiver) -> Starlette:
     """The receiver's routes: POST /webhook, GET /healthz and /deliveries/<id>."""
 
+    reading = 0  # bodies being read now; one event loop, so no lock
+
     async def deliver(request: Request) -> Response:
+        nonlocal reading
         length = request.headers.get("content-length", "")
         if not length.isdigit():
             return _answer(411, {"error": "length_required",
-                                "detail": "send the body with a Content-Length"})
+                                 "detail": "send the body with a Content-Length"})
         too_large = {"error": "too_large",
                      "detail": f"bodies are limited to {receiver.max_body} bytes"}
         # The connection is closed after an answer given before the whole body was read.
         if int(length) > receiver.max_body:
             return _answer(413, too_large, {"Connection": "close"})
+        if reading >= receiver.max_reading:
+            receiver.count("busy")
+            return _answer(429, {"error": "busy",
+                                 "detail": f"{reading} deliveries are being received; retry "
+                                           f"after {receiver.retry_after_s}s"},
+                           {"Retry-After": str(receiver.retry_after_s), "Connection": "close"})
+        reading += 1  # until answered: the body is held while it is verified too
         try:
             with anyio.fail_after(receiver.read_timeout_s):
                 body = await _read(request, receiver.max_body)
+            # Verifying and journaling block (HMAC, a file append under a lock): off the loop.
+            code, payload = await run_in_threadpool(receiver.receive, dict(request.headers),
+                                                    body)
         except TimeoutError:
             receiver.count("timed_out")
             return _answer(408, {"error": "request_timeout",
-                                "detail": f"the body did not arrive within "
-                                          f"{receiver.read_timeout_s:g}s"},
-                          {"Connection": "close"})
+                                 "detail": f"the body did not arrive within "
+                                           f"{receiver.read_timeout_s:g}s"},
+                           {"Connection": "close"})
         except _TooLarge:
             return _answer(413, too_large, {"Connection": "close"})
-        # Verifying and journaling block (HMAC, a file append under a lock): off the loop.
-        code, payload = await run_in_threadpool(receiver.receive, dict(request.headers), body)
+        except ClientDisconnect:  # gone before its body arrived: nobody to answer
+            receiver.count("disconnected")
+            return _answer(400, {"error": "disconnected", "detail": "the client went away"})
+        finally:
+            reading -= 1
         headers = {"Retry-After": str(receiver.retry_after_s)} if code == 429 else None
         return _answer(code, payload, headers)
 

@@ -415,3 +415,27 @@ def test_stop_finishes_the_release_in_progress_and_keeps_the_queued_one_for_rest
     assert reread.get("in-progress")["status"] == "released"  # type: ignore[index]
     assert [e.delivery_id for e in reread.unfinished()] == ["queued"]
     assert reread.get("late") is None
+
+
+def test_while_the_receiver_reads_its_limit_of_bodies_another_request_is_429_busy(
+    tmp_path: Path,
+) -> None:
+    recorder = Recorder()
+    running = Receiver(SECRET, DeliveryJournal(tmp_path / "j.jsonl"), recorder, max_reading=1,
+                       read_timeout_s=2, retry_after_s=2)
+    running.start()
+    host, port = running.url.removeprefix("http://").split(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=10) as slow:
+            slow.sendall(b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+            time.sleep(0.3)  # the receiver is now reading that body
+            code, answer = post(running.url, body())
+            assert (code, answer["error"]) == (429, "busy")
+        deadline = time.monotonic() + 10
+        while post(running.url, body(), delivery_id="after")[0] != 202:  # freed by the 408
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert recorder.called.wait(10)
+        assert running.counts["busy"] >= 1
+    finally:
+        running.stop(timeout_s=10)
