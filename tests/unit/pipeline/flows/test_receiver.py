@@ -439,3 +439,10 @@ def test_while_the_receiver_reads_its_limit_of_bodies_another_request_is_429_bus
         assert running.counts["busy"] >= 1
     finally:
         running.stop(timeout_s=10)
+
+
+def test_ci_webhook_refuses_an_empty_queue_as_a_usage_error(tmp_path: Path) -> None:
+    result = invoke(["ci", "webhook", "--port", str(free_port()), "--queue-size", "0"], tmp_path,
+                    BENTOSHIP_WEBHOOK_SECRET=SECRET)
+    assert result.exit_code == 2
+    assert "--queue-size" in result.output and "0 is not in the range x>=1" in result.output
