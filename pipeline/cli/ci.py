@@ -184,16 +184,24 @@ def on_commit(message: str, sha: str, name: str | None, config_path: Path | None
               "version a new file would make -dirty]")
 @click.option("--tolerance", type=click.IntRange(min=1), default=300, show_default=True,
               metavar="SECONDS", help="Refuse deliveries signed longer ago than this.")
+@click.option("--queue-size", type=click.IntRange(min=1), default=100, show_default=True,
+              metavar="N", help="Accepted deliveries that may wait for the release worker; "
+              "beyond that a new one is answered 429 with Retry-After (MLflow retries it).")
+@click.option("--read-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
+              show_default=True, metavar="SECONDS",
+              help="Answer 408 to a client whose body takes longer than this to arrive.")
 def webhook(host: str, port: int, config_path: Path | None, outdir: Path | None,
-            tolerance: int) -> None:
+            tolerance: int, queue_size: int, read_timeout: float) -> None:
     """Receive MLflow registry webhooks (MLflow 3.3+) and release what they announce.
 
     \b
     Verifies each delivery's HMAC-SHA256 signature with BENTOSHIP_WEBHOOK_SECRET (401, nothing
     runs, when it does not match), ignores other events and repeated delivery ids, answers 202
-    at once and runs `ci on-model-registered` for the version in a worker, one at a time.
+    at once and runs `ci on-model-registered` for the version in a worker, one at a time
+    (429 when --queue-size deliveries already wait; bodies over 1 MiB are 413).
     POST /webhook; GET /healthz and /deliveries/<id> show what happened. Stop with Ctrl-C or
-    SIGTERM: a running release finishes, queued ones resume at the next start.
+    SIGTERM: no new connections, requests in flight are answered, a running release finishes,
+    queued ones resume at the next start.
     """
     from pipeline.config import load_settings
     from pipeline.flows.receiver import webhook_receiver
@@ -201,7 +209,8 @@ def webhook(host: str, port: int, config_path: Path | None, outdir: Path | None,
     settings = load_settings()
     release_config, ci_config = _configs(config_path)
     receiver = webhook_receiver(settings, release_config, ci_config, outdir=outdir, host=host,
-                                port=port, tolerance_s=tolerance, echo=say)
+                                port=port, tolerance_s=tolerance, queue_size=queue_size,
+                                read_timeout_s=read_timeout, echo=say)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     with _quiet_stdout():

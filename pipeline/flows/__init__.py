@@ -27,7 +27,8 @@ The room, one concept per module:
     images.py       the models an image or release carries: compared, described, read
     flags.py        deploy flags in commit messages
     webhook.py      MLflow webhook deliveries: signature check, event reader
-    receiver.py     `bentoship ci webhook`: the HTTP receiver and its release worker
+    receiver.py     `bentoship ci webhook`: the receiver, its bounded queue and release worker
+    webhook_server.py  its HTTP side: a Starlette app on uvicorn
 
 Configuration: the `[ci]` table of bentoship.toml (`CiConfig`), next to `[release]`.
 """

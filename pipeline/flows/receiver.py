@@ -11,10 +11,13 @@ Answers, always one JSON object:
     200 {"status": "duplicate", ...}   this delivery id was accepted before
     401 {"error": "bad_signature", "detail": "..."}   (or missing_header, malformed_header,
                                         stale_timestamp): not provably from our MLflow; nothing runs
-    400 {"error": "malformed_body", ...}, 404, 405, 411, 413 for the rest
+    429 {"error": "queue_full", ...}   the release queue is full; `Retry-After` says when to retry
+    400 {"error": "malformed_body", ...}, 404, 405, 408, 411, 413 for the rest
 
-The answer comes before the release: a release builds an image (tens of seconds) and MLflow's
-sender gives up after 30 s. Releases run in one worker thread, in arrival order. Delivery ids
+The HTTP side is a Starlette app on uvicorn (pipeline/flows/webhook_server.py, which also
+limits bodies and how long they may take to arrive). The answer comes before the release: a
+release builds an image (tens of seconds) and MLflow's sender gives up after 30 s. Releases
+run in one worker thread, in arrival order; at most `queue_size` wait. Delivery ids
 are journaled under `<BENTOSHIP_HOME>/webhook/deliveries.jsonl` when accepted and again when
 done, so a retried delivery is a duplicate even after a restart, and deliveries accepted but
 not finished when the receiver stopped are run when it starts again.
@@ -26,19 +29,21 @@ not finished when the receiver stopped are run when it starts again.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
+import socket
 import threading
 import traceback
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.flows import webhook_server
 from pipeline.flows.webhook import (
     ALIAS_CREATED,
     ALIAS_DELETED,
@@ -108,6 +113,10 @@ class DeliveryJournal:
         with self._lock:
             self._write({"delivery_id": delivery_id, **asdict(outcome)})
 
+    def seen(self, delivery_id: str) -> bool:
+        with self._lock:
+            return delivery_id in self._entries
+
     def get(self, delivery_id: str) -> dict[str, Any] | None:
         with self._lock:
             entry = self._entries.get(delivery_id)
@@ -144,7 +153,14 @@ def event_filter(models: tuple[str, ...], alias_events: tuple[str, ...]) -> Filt
 
 
 class Receiver:
-    """The HTTP server and its release worker; `start()` runs both in background threads."""
+    """The HTTP server and its release worker; `start()` runs both in background threads.
+
+    At most `queue_size` accepted deliveries wait for the worker; a new one beyond that is
+    answered 429 with `Retry-After: retry_after_s` and is neither journaled nor queued, so
+    MLflow's retry is a new delivery, not a duplicate. Bodies over `max_body` bytes are 413;
+    a body that takes longer than `read_timeout_s` to arrive is 408; while `max_reading` bodies
+    are being read, another request is 429 `busy` before its body is read.
+    """
 
     def __init__(
         self,
@@ -156,6 +172,11 @@ class Receiver:
         host: str = "127.0.0.1",
         port: int = 0,
         tolerance_s: int = 300,
+        queue_size: int = 100,
+        max_body: int = MAX_BODY,
+        read_timeout_s: float = 10.0,
+        retry_after_s: int = 5,
+        max_reading: int = 64,
         echo: Echo = lambda message: None,
     ) -> None:
         if not secret:
@@ -163,26 +184,35 @@ class Receiver:
                 "BENTOSHIP_WEBHOOK_SECRET is not set: the receiver only accepts deliveries "
                 "signed with the secret of the MLflow webhook. Set it to that secret."
             )
+        if queue_size < 1:
+            raise ConfigError(f"the webhook queue size must be at least 1, not {queue_size}")
         self.secret = secret
         self.journal = journal
         self.handle = handle
         self.ignore = ignore
         self.tolerance_s = tolerance_s
+        self.queue_size = queue_size
+        self.max_body = max_body
+        self.read_timeout_s = read_timeout_s
+        self.retry_after_s = retry_after_s
+        self.max_reading = max_reading
         self.echo = echo
         self.counts: Counter[str] = Counter()
+        # Unbounded itself: deliveries resumed at start may exceed `queue_size`; the bound is
+        # kept by `receive`, which checks and queues under `_admission`.
         self._queue: queue.Queue[RegistryEvent | None] = queue.Queue()
         self._stopping = threading.Event()
         self._lock = threading.Lock()
-        try:
-            self.server = ThreadingHTTPServer((host, port), _handler(self))
-        except OSError as exc:
-            raise ConfigError(f"cannot listen on {host}:{port}: {exc}") from exc
-        self.server.daemon_threads = True
+        self._admission = threading.Lock()
+        self._socket = _listen(host, port)
+        self._address = self._socket.getsockname()[:2]
+        self._server = webhook_server.server(webhook_server.app(self),
+                                             grace_s=read_timeout_s + 5)
         self._threads: list[threading.Thread] = []
 
     @property
     def url(self) -> str:
-        host, port = self.server.server_address[:2]
+        host, port = self._address
         return f"http://{host!s}:{port}"
 
     def start(self) -> None:
@@ -192,18 +222,21 @@ class Receiver:
             self._queue.put(event)
         self._threads = [
             threading.Thread(target=self._work, name="bentoship-release-worker", daemon=True),
-            threading.Thread(target=self.server.serve_forever, name="bentoship-webhook",
-                             daemon=True),
+            threading.Thread(target=self._serve, name="bentoship-webhook", daemon=True),
         ]
         for thread in self._threads:
             thread.start()
 
     def stop(self, timeout_s: float | None = None) -> None:
-        """Stop answering; let a running release finish (queued ones resume on restart)."""
+        """Stop accepting; answer requests in flight; let a running release finish.
+
+        Deliveries still queued stay `accepted` in the journal and run at the next start.
+        """
         self._stopping.set()
         self._queue.put(None)
-        self.server.shutdown()
-        self.server.server_close()
+        self._server.should_exit = True
+        if not self._threads:
+            self._socket.close()  # never started
         for thread in self._threads:
             thread.join(timeout_s)
 
@@ -211,11 +244,15 @@ class Receiver:
         with self._lock:
             self.counts[what] += 1
 
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.counts)
+
     def pending(self) -> int:
         return self._queue.qsize()
 
     def receive(self, headers: Mapping[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
-        """Answer one delivery: verify, read, de-duplicate, filter, queue."""
+        """Answer one delivery: verify, read, de-duplicate, filter, queue (or 429 when full)."""
         try:
             verify_signature(self.secret, headers, body, tolerance_s=self.tolerance_s)
             delivery_id = {k.lower(): v for k, v in headers.items()}[DELIVERY_ID_HEADER.lower()]
@@ -234,18 +271,32 @@ class Receiver:
             self.count("ignored")
             self.echo(f"Ignored {event.event} of {event.model_name}: {reason}")
             return 200, {"status": "ignored", "detail": reason}
-        if not self.journal.accept(event):
+        assert event.delivery_id is not None
+        with self._admission:
+            waiting = self.pending()
+            if waiting >= self.queue_size and not self.journal.seen(event.delivery_id):
+                self.count("queue_full")
+                return 429, {"error": "queue_full",
+                             "detail": f"{waiting} deliveries are waiting for the release "
+                                       f"worker (the queue holds {self.queue_size}); "
+                                       f"retry after {self.retry_after_s}s"}
+            accepted = self.journal.accept(event)
+            if accepted:
+                self._queue.put(event)
+        if not accepted:
             self.count("duplicate")
             self.echo(f"Duplicate delivery {event.delivery_id}: already accepted, not run again")
             return 200, {"status": "duplicate", "delivery_id": event.delivery_id,
                          "detail": "this delivery was accepted before"}
         self.count("accepted")
         self.echo(f"Accepted {event.event} {event.model_name}/{event.version} "
-                  f"(delivery {event.delivery_id}); {self.pending()} queued before it")
-        self._queue.put(event)
+                  f"(delivery {event.delivery_id}); {waiting} queued before it")
         return 202, {"status": "accepted", "delivery_id": event.delivery_id,
                      "model": event.model_name, "version": event.version,
                      "status_url": f"/deliveries/{event.delivery_id}"}
+
+    def _serve(self) -> None:
+        asyncio.run(self._server.serve(sockets=[self._socket]))
 
     def _work(self) -> None:
         while True:
@@ -302,6 +353,8 @@ def webhook_receiver(
     host: str = "127.0.0.1",
     port: int = 8686,
     tolerance_s: int = 300,
+    queue_size: int = 100,
+    read_timeout_s: float = 10.0,
     echo: Echo = lambda message: None,
 ) -> Receiver:
     """The receiver `bentoship ci webhook` runs (not started yet).
@@ -315,7 +368,8 @@ def webhook_receiver(
     return Receiver(settings.webhook_secret,
                     DeliveryJournal(settings.webhook_dir / "deliveries.jsonl"), handle,
                     ignore=event_filter(ci_config.models, ci_config.alias_events),
-                    host=host, port=port, tolerance_s=tolerance_s, echo=echo)
+                    host=host, port=port, tolerance_s=tolerance_s, queue_size=queue_size,
+                    read_timeout_s=read_timeout_s, echo=echo)
 
 
 def _event_name(body: bytes) -> str:
@@ -326,54 +380,11 @@ def _event_name(body: bytes) -> str:
         return "such"
 
 
-def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "bentoship-webhook"
-
-        def do_POST(self) -> None:
-            if self.path.rstrip("/") != "/webhook":
-                self._answer(404, {"error": "not_found", "detail": "deliveries go to /webhook"})
-                return
-            length = self.headers.get("Content-Length")
-            if length is None or not length.isdigit():
-                self._answer(411, {"error": "length_required",
-                                   "detail": "send the body with a Content-Length"})
-                return
-            if int(length) > MAX_BODY:
-                self._answer(413, {"error": "too_large",
-                                   "detail": f"bodies are limited to {MAX_BODY} bytes"})
-                return
-            body = self.rfile.read(int(length))
-            self._answer(*receiver.receive(dict(self.headers.items()), body))
-
-        def do_GET(self) -> None:
-            if self.path == "/healthz":
-                self._answer(200, {"status": "ok", "pending": receiver.pending(),
-                                   "counts": dict(receiver.counts)})
-            elif self.path.startswith("/deliveries/"):
-                entry = receiver.journal.get(self.path.removeprefix("/deliveries/"))
-                if entry is None:
-                    self._answer(404, {"error": "not_found", "detail": "no such delivery"})
-                else:
-                    self._answer(200, entry)
-            else:
-                self._answer(404, {"error": "not_found",
-                                   "detail": "GET /healthz or /deliveries/<id>"})
-
-        def do_PUT(self) -> None:
-            self._answer(405, {"error": "method_not_allowed", "detail": "POST /webhook"})
-
-        do_DELETE = do_PATCH = do_PUT
-
-        def _answer(self, code: int, payload: dict[str, Any]) -> None:
-            data = json.dumps(payload, sort_keys=True).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # the receiver reports what matters itself
-
-    return Handler
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind now, so a taken port is a ConfigError before anything starts (and port 0 works)."""
+    try:
+        sock = socket.create_server((host, port), reuse_port=False, backlog=128)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc}") from exc
+    sock.setblocking(False)
+    return sock

@@ -7,7 +7,9 @@ an `mlflow server` is in tests/integration/test_ci_flows.py and tests/e2e/test_s
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import time
 import urllib.error
@@ -251,7 +253,7 @@ def test_the_webhook_receiver_is_made_from_settings_and_the_ci_table(tmp_path: P
         other = RegistryEvent("model_version.created", "other-model", "1", None, "d-1", None)
         assert made.ignore(other) == "other-model is not among the models [ci] follows"
     finally:
-        made.server.server_close()  # never started: nothing to shut down
+        made.stop()  # never started: closes the socket it bound
 
 
 def test_ci_webhook_without_a_secret_exits_1_and_says_what_to_set(tmp_path: Path) -> None:
@@ -259,3 +261,188 @@ def test_ci_webhook_without_a_secret_exits_1_and_says_what_to_set(tmp_path: Path
                      BENTOSHIP_WEBHOOK_SECRET="")
     assert result.exit_code == 1
     assert "BENTOSHIP_WEBHOOK_SECRET is not set" in result.output
+
+
+# --- the server's guards: a bounded queue, body limits, slow clients, graceful shutdown -----
+
+
+class Gate:
+    """A release that waits until the test opens the gate: keeps the worker busy."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.started = threading.Event()
+        self.done: list[str] = []
+
+    def __call__(self, event: RegistryEvent) -> Outcome:
+        self.started.set()
+        assert self.open.wait(20)
+        self.done.append(str(event.delivery_id))
+        return Outcome("released", "done", "run-1")
+
+
+def raw(url: str, request: bytes, *, pause_s: float = 0.0, rest: bytes = b"") -> bytes:
+    """Send `request` over a bare socket, then `rest` after `pause_s`; the whole answer."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        if pause_s:
+            time.sleep(pause_s)
+            with contextlib.suppress(OSError):
+                sock.sendall(rest)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_full_queue_is_429_with_retry_after_and_the_delivery_is_not_journaled(
+    tmp_path: Path,
+) -> None:
+    gate = Gate()
+    running = Receiver(SECRET, DeliveryJournal(tmp_path / "j.jsonl"), gate, queue_size=1,
+                       retry_after_s=3)
+    running.start()
+    try:
+        assert post(running.url, body(), delivery_id="running")[0] == 202
+        assert gate.started.wait(10)  # the worker holds it: the queue is empty again
+        assert post(running.url, body(version="4"), delivery_id="waiting")[0] == 202
+        payload = body(version="5")
+        stamp = str(int(time.time()))
+        request = urllib.request.Request(f"{running.url}/webhook", data=payload, headers={
+            "X-MLflow-Delivery-Id": "refused", "X-MLflow-Timestamp": stamp,
+            "X-MLflow-Signature": _generate_hmac_signature(SECRET, "refused", stamp,
+                                                           payload.decode())})
+        with pytest.raises(urllib.error.HTTPError) as excinfo:
+            urllib.request.urlopen(request, timeout=10)
+        assert excinfo.value.code == 429
+        assert excinfo.value.headers["Retry-After"] == "3"
+        answer = json.loads(excinfo.value.read())
+        assert answer["error"] == "queue_full"
+        assert "1 deliveries are waiting" in answer["detail"]
+        assert running.journal.get("refused") is None
+        # A retry of a delivery already accepted is still a duplicate, full queue or not.
+        assert post(running.url, body(version="4"), delivery_id="waiting")[1]["status"] == \
+            "duplicate"
+        gate.open.set()
+        deadline = time.monotonic() + 10
+        while len(gate.done) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert post(running.url, body(version="5"), delivery_id="refused")[0] == 202
+    finally:
+        gate.open.set()
+        running.stop(timeout_s=10)
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_read(tmp_path: Path) -> None:
+    recorder = Recorder()
+    running = Receiver(SECRET, DeliveryJournal(tmp_path / "j.jsonl"), recorder, max_body=1000)
+    running.start()
+    try:
+        big = body(description="x" * 2000)
+        code, answer = post(running.url, big)
+        assert (code, answer["error"]) == (413, "too_large")
+        assert answer["detail"] == "bodies are limited to 1000 bytes"
+        head = (b"POST /webhook HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                b"Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        reply = raw(running.url, head)
+        assert reply.startswith(b"HTTP/1.1 411 ")
+        assert b'"error": "length_required"' in reply
+        assert recorder.events == []
+    finally:
+        running.stop(timeout_s=10)
+
+
+def test_a_slow_client_is_408_and_the_receiver_goes_on(tmp_path: Path) -> None:
+    recorder = Recorder()
+    running = Receiver(SECRET, DeliveryJournal(tmp_path / "j.jsonl"), recorder,
+                       read_timeout_s=0.5)
+    running.start()
+    try:
+        head = b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"entity\""
+        reply = raw(running.url, head, pause_s=1.5, rest=b" " * 90)
+        assert reply.startswith(b"HTTP/1.1 408 ")
+        assert b'"error": "request_timeout"' in reply
+        assert b"within 0.5s" in reply
+        assert post(running.url, body())[0] == 202
+        assert recorder.called.wait(10)
+    finally:
+        running.stop(timeout_s=10)
+
+
+def test_every_error_is_one_json_object(receiver: tuple[Receiver, Recorder]) -> None:
+    running, _ = receiver
+    for method, path, code, error in [("GET", "/nowhere", 404, "not_found"),
+                                      ("GET", "/deliveries/unknown", 404, "not_found"),
+                                      ("PUT", "/webhook", 405, "method_not_allowed"),
+                                      ("DELETE", "/healthz", 405, "method_not_allowed")]:
+        request = urllib.request.Request(f"{running.url}{path}", method=method)
+        with pytest.raises(urllib.error.HTTPError) as excinfo:
+            urllib.request.urlopen(request, timeout=5)
+        assert excinfo.value.code == code, (method, path)
+        assert excinfo.value.headers["Content-Type"] == "application/json"
+        assert json.loads(excinfo.value.read())["error"] == error
+
+
+def test_stop_finishes_the_release_in_progress_and_keeps_the_queued_one_for_restart(
+    tmp_path: Path,
+) -> None:
+    journal = tmp_path / "j.jsonl"
+    gate = Gate()
+    running = Receiver(SECRET, DeliveryJournal(journal), gate)
+    running.start()
+    assert post(running.url, body(), delivery_id="in-progress")[0] == 202
+    assert gate.started.wait(10)
+    assert post(running.url, body(version="4"), delivery_id="queued")[0] == 202
+    stopper = threading.Thread(target=running.stop, kwargs={"timeout_s": 20})
+    stopper.start()
+    deadline = time.monotonic() + 10
+    while True:  # no new connections once stopping
+        try:
+            urllib.request.urlopen(f"{running.url}/healthz", timeout=5).close()
+        except urllib.error.URLError:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with pytest.raises(urllib.error.URLError):
+        post(running.url, body(version="5"), delivery_id="late")
+    gate.open.set()
+    stopper.join(20)
+    assert not stopper.is_alive()
+    assert gate.done == ["in-progress"]
+    reread = DeliveryJournal(journal)
+    assert reread.get("in-progress")["status"] == "released"  # type: ignore[index]
+    assert [e.delivery_id for e in reread.unfinished()] == ["queued"]
+    assert reread.get("late") is None
+
+
+def test_while_the_receiver_reads_its_limit_of_bodies_another_request_is_429_busy(
+    tmp_path: Path,
+) -> None:
+    recorder = Recorder()
+    running = Receiver(SECRET, DeliveryJournal(tmp_path / "j.jsonl"), recorder, max_reading=1,
+                       read_timeout_s=2, retry_after_s=2)
+    running.start()
+    host, port = running.url.removeprefix("http://").split(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=10) as slow:
+            slow.sendall(b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+            time.sleep(0.3)  # the receiver is now reading that body
+            code, answer = post(running.url, body())
+            assert (code, answer["error"]) == (429, "busy")
+        deadline = time.monotonic() + 10
+        while post(running.url, body(), delivery_id="after")[0] != 202:  # freed by the 408
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert recorder.called.wait(10)
+        assert running.counts["busy"] >= 1
+    finally:
+        running.stop(timeout_s=10)
+
+
+def test_ci_webhook_refuses_an_empty_queue_as_a_usage_error(tmp_path: Path) -> None:
+    result = invoke(["ci", "webhook", "--port", str(free_port()), "--queue-size", "0"], tmp_path,
+                    BENTOSHIP_WEBHOOK_SECRET=SECRET)
+    assert result.exit_code == 2
+    assert "--queue-size" in result.output and "0 is not in the range x>=1" in result.output
