@@ -8,8 +8,8 @@ and plain data, no servers, no Docker, no MLflow.
   `{"cold": {...}, "new_treatment": {...}, "code_only": {...}, "unchanged": {...}}`;
 - `Cell`, `serving_json`: one server in one serving scenario, and the run as
   `{"cells": [...], "batching": ..., "cold_start_s": {...}, "notes": {...}}`;
-- `json_stdout`: while a benchmark runs with `--json`, everything written to stdout (this
-  process and its children) goes to stderr, so stdout carries the one JSON object only.
+- `json_stdout`, `dump`: while a benchmark runs with `--json`, everything written to stdout
+  (by this process and its children) goes to stderr; then `dump` writes the one JSON object.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ BUILD_SCENARIOS = {
     "code-only rebuild": "code_only",
     "nothing changed": "unchanged",
 }
-PHASE_ORDER = ["resolve", "verify", "base", "lookup", "wheels", "bento", "image", "smoke", "push"]
+PHASE_ORDER = ["resolve", "verify", "loadcheck", "base", "lookup", "wheels", "bento", "image",
+               "smoke", "push"]
 
 
 @dataclass
@@ -187,19 +188,18 @@ def serving_json(
 
 
 @contextlib.contextmanager
-def json_stdout() -> Iterator[TextIO]:
-    """Send file descriptor 1 to stderr for the duration (children inherit it, so a tool
-    that prints cannot break the JSON) and yield the real stdout, for `dump`."""
+def json_stdout() -> Iterator[None]:
+    """Point file descriptor 1 at stderr for the duration (children inherit it, so nothing
+    that prints can break the JSON); `dump` the document on stdout after it."""
     sys.stdout.flush()
-    real = os.fdopen(os.dup(1), "w")
+    saved = os.dup(1)
     os.dup2(2, 1)
     try:
-        yield real
+        yield
     finally:
         sys.stdout.flush()
-        real.flush()
-        os.dup2(real.fileno(), 1)
-        real.close()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def dump(document: Mapping[str, Any], out: TextIO) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -103,6 +104,22 @@ def test_serving_json_carries_batching_figures_once_there_are_some() -> None:
 
     assert document["batching"] == figures
     assert document["cold_start_s"] == {"bentoship": None, "mlflow": None}
+
+
+def test_with_json_stdout_only_the_document_reaches_stdout() -> None:
+    script = (
+        "import subprocess, sys\n"
+        "from _report import dump, json_stdout\n"
+        "with json_stdout():\n"
+        "    print('progress')\n"
+        "    subprocess.run([sys.executable, '-c', 'print(\"a child prints\")'], check=True)\n"
+        "dump({'cells': []}, sys.stdout)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=BENCHMARKS, capture_output=True,
+                          text=True, check=True)
+
+    assert json.loads(proc.stdout) == {"cells": []}
+    assert "progress" in proc.stderr and "a child prints" in proc.stderr
 
 
 def _dumped(document: Mapping[str, Any]) -> str:
