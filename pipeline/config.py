@@ -371,9 +371,9 @@ def _package_names(names: tuple[str, ...]) -> tuple[str, ...]:
 PackageNames = Annotated[tuple[str, ...], AfterValidator(_package_names)]
 
 
-_TYPE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+TYPE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
-TypeName = Annotated[str, _pattern(_TYPE_NAME, "a full type name such as "
+TypeName = Annotated[str, _pattern(TYPE_NAME, "a full type name such as "
                                                "'xgboost.sklearn.XGBClassifier'")]
 FieldName = Annotated[str, _pattern(_FIELD_NAME, "a field name: letters, digits, '_', '.', '-'")]
 

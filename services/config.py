@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -115,14 +116,22 @@ class Output(_Frozen):
                                  f"{self.targets} targets once")
         return self
 
-    @property
+    # Cached: read on every request (answers, metrics); the model is frozen.
+    @cached_property
     def binary(self) -> bool:
         return self.task == "classification" and len(self.classes) == 2
 
-    @property
+    @cached_property
     def keys(self) -> tuple[str, ...]:
         """The labels as the keys of ``probabilities``."""
         return tuple(str(c) for c in self.classes)
+
+    @cached_property
+    def target_labels(self) -> tuple[str, ...]:
+        """A regressor's outputs as metric labels: their names, else ``prediction`` or 0..t-1."""
+        if self.target_names:
+            return self.target_names
+        return ("prediction",) if self.targets == 1 else tuple(map(str, range(self.targets)))
 
 
 class HookConfig(_Frozen):

@@ -104,27 +104,24 @@ class Metrics:
                     if count:
                         self.predictions.labels(variant=variant, label=key).inc(count)
                 sample = sample_rows(answer.values)
-                observe = self.confidence.labels(variant=variant).observe
-                for value in sample.max(axis=1).tolist():
-                    observe(value)
+                _observe(self.confidence.labels(variant=variant), sample.max(axis=1))
                 if output.binary:
-                    observe = self.score.labels(variant=variant).observe
-                    for value in sample[:, 1].tolist():
-                        observe(value)
+                    _observe(self.score.labels(variant=variant), sample[:, 1])
             else:
                 sample = sample_rows(answer.values)
-                names = output.target_names or (
-                    ("prediction",) if output.targets == 1
-                    else tuple(str(i) for i in range(output.targets)))
-                for j, name in enumerate(names):
-                    observe = self.value.labels(variant=variant, target=name).observe
-                    for value in sample[:, j].tolist():
-                        observe(value)
+                for j, name in enumerate(output.target_labels):
+                    _observe(self.value.labels(variant=variant, target=name), sample[:, j])
 
     def record_failure(self, duration: float, status: int, variant: str | None) -> None:
         label = variant or UNROUTED
         self.requests.labels(variant=label, status=str(status)).inc()
         self.duration.labels(variant=label).observe(duration)
+
+
+def _observe(histogram: Any, values: np.ndarray) -> None:
+    observe = histogram.observe
+    for value in values.tolist():
+        observe(value)
 
 
 def sample_rows(values: np.ndarray, limit: int = SCORES_PER_REQUEST) -> np.ndarray:

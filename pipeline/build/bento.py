@@ -24,6 +24,7 @@ import yaml
 from pipeline.errors import ArtifactError, ConfigError, ImageBuildError
 from pipeline.models.registry import ModelVersion
 from pipeline.progress import Echo
+from services.flavors import lightgbm as lightgbm_flavor
 
 SERVICES_DIR = Path(__file__).resolve().parents[2] / "services"
 SERVICE_IMPORT = "services.service:Bentoship"
@@ -76,8 +77,7 @@ def inspect_model(variant: str, mv: ModelVersion, path: Path, manifest_sha256: s
     lgb = flavors.get("lightgbm") or {}
     if "xgboost" in flavors:
         flavor = "xgboost"
-    elif lgb and (lgb.get("model_class", "lightgbm.basic.Booster") == "lightgbm.basic.Booster"
-                  or lgb.get("serialization_format") == "skops"):
+    elif lgb and (lightgbm_flavor.handles(lgb) or lgb.get("serialization_format") == "skops"):
         flavor = "lightgbm"
     elif "onnx" in flavors:
         flavor = "onnx"

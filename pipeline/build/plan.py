@@ -21,7 +21,7 @@ from typing import Any
 from pipeline import identity
 from pipeline.build import bento, loadcheck
 from pipeline.build.service import content_version, service_config, service_openapi
-from pipeline.config import BuildConfig, Settings
+from pipeline.config import TYPE_NAME, BuildConfig, Settings
 from pipeline.errors import ConfigError
 from pipeline.identity import CodeVersion, code_version
 from pipeline.models import integrity, registry
@@ -34,7 +34,6 @@ from pipeline.progress import Echo
 
 PROJECT_ROOT = bento.SERVICES_DIR.parent
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_TYPE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
 
 @dataclass(frozen=True)
@@ -121,7 +120,7 @@ def _validate_request(req: BuildRequest) -> tuple[int, int]:
         raise ConfigError(f"--max-rows must be between 1 and 100000, got {req.max_rows}")
     if not 0.0 <= req.threshold <= 1.0:
         raise ConfigError(f"--threshold is a probability, between 0 and 1, got {req.threshold}")
-    bad = [t for t in req.trusted_types if not _TYPE.match(t)]
+    bad = [t for t in req.trusted_types if not TYPE_NAME.match(t)]
     if bad:
         raise ConfigError(f"--trust-type takes full type names such as "
                           f"xgboost.sklearn.XGBClassifier, got {bad}")
