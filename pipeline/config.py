@@ -43,17 +43,14 @@ from typing import Annotated, Any, Literal
 from packaging.utils import canonicalize_name
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipeline.canary import Canary
 from pipeline.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = Path("bentoship.toml")
-# The canary analysis groups every release's canary config has (pipeline/release/kayenta.py).
-CANARY_GROUPS = ("errors", "latency", "predictions")
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _CPU = re.compile(r"^(\d+m|\d+(\.\d{1,3})?)$")
 _MEMORY = re.compile(r"^\d+(Ki|Mi|Gi|Ti)?$")
-_ISO_MINUTES = re.compile(r"^PT(?:(\d+)H)?(?:(\d+)M)?$")
-_ACCOUNT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _PIPELINE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}$")
 _PACKAGE = re.compile(r"^([A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9._-]*[A-Za-z0-9])$")  # PEP 508 name
 
@@ -177,7 +174,6 @@ def _pattern(regex: re.Pattern[str], allowed: str) -> Any:
 
 
 DnsLabel = Annotated[str, AfterValidator(_dns_label)]
-AccountName = Annotated[str, _pattern(_ACCOUNT, "letters, digits, '.', '_' and '-'")]
 CpuQuantity = Annotated[str, _pattern(_CPU, "a Kubernetes CPU quantity such as '500m' or '2'")]
 MemoryQuantity = Annotated[
     str, _pattern(_MEMORY, "a Kubernetes memory quantity such as '512Mi' or '2Gi'")
@@ -237,74 +233,6 @@ class Resources(_Model):
         return self
 
 
-class ScoreThresholds(_Model):
-    marginal: int = Field(default=75, ge=0, le=100)
-    pass_: int = Field(default=95, ge=0, le=100, alias="pass")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> ScoreThresholds:
-        if self.marginal >= self.pass_:
-            raise ValueError(
-                f"marginal ({self.marginal}) must be lower than pass ({self.pass_}); both are "
-                "canary scores from 0 to 100"
-            )
-        return self
-
-
-def _lifetime_minutes(value: int | str) -> int:
-    if isinstance(value, int):
-        return value
-    match = _ISO_MINUTES.match(value)
-    if not match or not any(match.groups()):
-        raise ValueError(
-            f"{value!r} is not a lifetime: use minutes (e.g. 30) or an ISO-8601 duration "
-            "in hours and minutes (e.g. 'PT30M', 'PT1H30M')"
-        )
-    return int(match[1] or 0) * 60 + int(match[2] or 0)
-
-
-class Canary(_Model):
-    lifetime: int | str = "PT30M"
-    interval_minutes: int = Field(default=10, ge=1, le=1440)
-    begin_after_minutes: int = Field(default=0, ge=0, le=1440)
-    step_seconds: int = Field(default=60, ge=10, le=600)
-    replicas: int = Field(default=1, ge=1, le=100)
-    thresholds: ScoreThresholds = ScoreThresholds()
-    metrics_account: AccountName = "prometheus"
-    storage_account: AccountName = "kayenta-storage"
-    group_weights: dict[str, int] = Field(
-        default_factory=lambda: {"errors": 50, "latency": 25, "predictions": 25}
-    )
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Canary:
-        minutes = _lifetime_minutes(self.lifetime)
-        if not 1 <= minutes <= 24 * 60:
-            raise ValueError(f"lifetime ({self.lifetime!r}) must be between 1 minute and 24 hours")
-        if self.interval_minutes > minutes:
-            raise ValueError(
-                f"interval_minutes ({self.interval_minutes}) is longer than the lifetime "
-                f"({minutes} minutes): the analysis would never run"
-            )
-        if sorted(self.group_weights) != sorted(CANARY_GROUPS):
-            raise ValueError(
-                f"group_weights has groups {sorted(self.group_weights)}; "
-                f"allowed and required: {list(CANARY_GROUPS)}"
-            )
-        if any(w < 0 for w in self.group_weights.values()):
-            raise ValueError(f"group_weights must not be negative: {self.group_weights}")
-        total = sum(self.group_weights.values())
-        if total != 100:
-            raise ValueError(f"group_weights must sum to 100, they sum to {total}")
-        return self
-
-    @property
-    def lifetime_duration(self) -> str:
-        """The lifetime as the ISO-8601 duration Orca reads (`PT1H30M`)."""
-        hours, minutes = divmod(_lifetime_minutes(self.lifetime), 60)
-        return "PT" + (f"{hours}H" if hours else "") + (f"{minutes}M" if minutes else "")
-
-
 class ReleaseConfig(_Model):
     """The `[release]` table of bentoship.toml; every field has a default."""
 
@@ -353,7 +281,7 @@ class CiConfig(_Model):
     """How long to wait for a version still in PENDING_REGISTRATION."""
     rollback_canary: bool = False
     """A rollback skips the canary analysis (default) or runs a short one."""
-    rollback_canary_minutes: int = Field(default=10, ge=1, le=1440)
+    rollback_canary_minutes: int = Field(default=15, ge=1, le=1440)
     """The lifetime of that short canary analysis."""
 
 

@@ -143,7 +143,7 @@ def _dump_rows(result: Prediction) -> bytes:
 
 def _failed(metrics: Metrics | None, started: float, exc: ServiceError) -> Response:
     if metrics is not None:
-        metrics.record_failure(time.perf_counter() - started, exc.status, exc.variant)
+        metrics.record_failure(time.perf_counter() - started, exc.status, exc.variant, exc.cause)
     return error_response(exc)
 
 

@@ -6,6 +6,12 @@ objects. The HTTP layer turns any of them into exactly
 ``{"error": code, "detail": [...]}``; anything else escaping a handler is a bug and is
 answered as ``internal_error`` (500) after logging the traceback.
 
+Each error also names its ``cause``, who has to act on it: ``caller`` (the request was wrong),
+``model`` (the model raised, answered garbage or cannot score rows that it should) or
+``server`` (everything else). ``bentoship_responses_total{status, cause}`` counts every answer
+with it, so a canary can tell a model that fails on real rows (a 422 of cause ``model``) from
+callers sending bad requests (a 422 of cause ``caller``).
+
     ServiceError                  internal_error      500
     ├── ConfigError               config_invalid      500  bentoship.json or a hook is unusable
     ├── ModelLoadError            model_load_failed   500  a model could not be loaded
@@ -13,6 +19,7 @@ answered as ``internal_error`` (500) after logging the traceback.
     ├── RequestError              (4xx: the caller got something wrong)
     │   ├── MalformedBodyError    invalid_json        400  body is not UTF-8 JSON
     │   ├── InvalidInputError     invalid_input       422  rows/fields/header fail validation
+    │   │   └── UnscorableRowsError invalid_input     422  the model cannot score these rows
     │   ├── TooManyRowsError      too_many_rows       413  more rows than max_rows
     │   └── PayloadTooLargeError  payload_too_large   413  body larger than the byte limit
     ├── HookError                 (500)
@@ -45,6 +52,7 @@ class ServiceError(Exception):
 
     code: ClassVar[str] = "internal_error"
     status: ClassVar[int] = 500
+    cause: ClassVar[str] = "server"  # who has to act: caller | model | server
 
     def __init__(self, message: str, detail: Sequence[Problem] | None = None) -> None:
         super().__init__(message)
@@ -82,6 +90,7 @@ class RequestError(ServiceError):
     """The caller sent something wrong: always a 4xx."""
 
     status = 400
+    cause = "caller"
 
 
 class MalformedBodyError(RequestError):
@@ -92,6 +101,14 @@ class MalformedBodyError(RequestError):
 class InvalidInputError(RequestError):
     code = "invalid_input"
     status = 422
+
+
+class UnscorableRowsError(InvalidInputError):
+    """Rows the model cannot score although it scores the configured example: values outside
+    what it computes with. Answered as ``invalid_input`` like any bad row, but counted as the
+    model's failure: a new model that cannot score rows production scores is a bad release."""
+
+    cause = "model"
 
 
 class TooManyRowsError(RequestError):
@@ -120,6 +137,7 @@ class ModelError(ServiceError):
     """A loaded model raised during predict or returned unusable scores."""
 
     code = "model_failed"
+    cause = "model"
 
 
 class NotReadyError(ServiceError):

@@ -1,6 +1,7 @@
 """The service's Prometheus metrics (contract 5), exactly these names:
 
 ==========================================  =========  ====================================
+``bentoship_responses_total``               counter    ``status``, ``cause``
 ``bentoship_requests_total``                counter    ``variant``, ``status``
 ``bentoship_request_duration_seconds``      histogram  ``variant``
 ``bentoship_rows_per_request``              histogram  ``variant``
@@ -14,6 +15,11 @@ What the models answer, per variant, for every task kind: a classifier's labels 
 counted) and its top probability; a binary classifier's score; a regressor's values (``target``
 is the output column's name, or ``prediction`` for a single value). A canary compares these
 between baseline and canary.
+
+``bentoship_responses_total`` counts every answer to ``/predict`` exactly once: ``cause`` is
+``none`` for a 2xx, else who has to act on the error (``caller``, ``model``, ``server``; see
+``services/errors.py``). It is the denominator of a canary's error ratios, which must not count a
+request twice because its rows reached both variants.
 
 A request whose rows went to both variants counts once for each variant (its duration is
 observed for both, its rows split between them).
@@ -71,6 +77,7 @@ SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 VALUE_BUCKETS = (-1e4, -1e3, -100.0, -10.0, -1.0, -0.1, 0.0, 0.1, 1.0, 10.0, 100.0, 1e3, 1e4)
 
 METRIC_NAMES = (
+    "bentoship_responses_total",
     "bentoship_requests_total",
     "bentoship_request_duration_seconds",
     "bentoship_rows_per_request",
@@ -81,8 +88,12 @@ METRIC_NAMES = (
 )
 
 
+SUCCESS_CAUSE = "none"
+
+
 @dataclass(frozen=True)
 class Metrics:
+    responses: Any
     requests: Any
     duration: Any
     rows: Any
@@ -94,6 +105,7 @@ class Metrics:
     def record_success(
         self, duration: float, answers: Mapping[str, VariantAnswer], output: Output
     ) -> None:
+        self.responses.labels(status="200", cause=SUCCESS_CAUSE).inc()
         for variant, answer in answers.items():
             self.requests.labels(variant=variant, status="200").inc()
             self.duration.labels(variant=variant).observe(duration)
@@ -112,7 +124,10 @@ class Metrics:
                 for j, name in enumerate(output.target_labels):
                     _observe(self.value.labels(variant=variant, target=name), sample[:, j])
 
-    def record_failure(self, duration: float, status: int, variant: str | None) -> None:
+    def record_failure(
+        self, duration: float, status: int, variant: str | None, cause: str
+    ) -> None:
+        self.responses.labels(status=str(status), cause=cause).inc()
         label = variant or UNROUTED
         self.requests.labels(variant=label, status=str(status)).inc()
         self.duration.labels(variant=label).observe(duration)
@@ -147,6 +162,12 @@ def create_metrics(registry: Any = None) -> Metrics:
 
 def _register(prometheus_client: Any, registry: Any) -> Metrics:
     return Metrics(
+        responses=prometheus_client.Counter(
+            "bentoship_responses",  # exposed as bentoship_responses_total
+            "Answers to /predict, each counted once, by HTTP status and who caused an error.",
+            ["status", "cause"],
+            registry=registry,
+        ),
         requests=prometheus_client.Counter(
             "bentoship_requests",  # exposed as bentoship_requests_total
             "Prediction requests by variant and HTTP status.",

@@ -110,6 +110,9 @@ def build_spec(config: ServiceConfig) -> dict[str, Any]:
             "x-bentoship": {
                 "code_version": config.code_version,
                 "image_tag": config.image_tag,
+                # What every variant answers, as the metrics label it: a canary's answer
+                # metrics are rendered from it (pipeline/release/kayenta.py).
+                "output": config.output.model_dump(mode="json"),
                 "variants": [
                     {
                         "name": v.name,

@@ -27,10 +27,10 @@ from services.answers import VariantAnswer, answer_rows, decide
 from services.config import ServiceConfig
 from services.errors import (
     ConfigError,
-    InvalidInputError,
     ModelError,
     Problem,
     ServiceError,
+    UnscorableRowsError,
     describe,
     problem,
 )
@@ -188,7 +188,7 @@ class Predictor:
                 if len(problems) == MAX_PROBLEMS:
                     break
         if problems:
-            raise InvalidInputError(f"{len(problems)} row(s) the model cannot score", problems)
+            raise UnscorableRowsError(f"{len(problems)} row(s) the model cannot score", problems)
 
     def example_matrix(self) -> np.ndarray:
         """The configured example row of the models' features, as a matrix."""

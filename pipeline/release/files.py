@@ -4,6 +4,8 @@
 
     outdir/pipeline.json              spin pipeline save --file pipeline.json
     outdir/canary-config.json         spin canary canary-config save --file canary-config.json
+                                      (canary releases, and others whose answers are known)
+    outdir/prometheus-scrape.yaml     the scrape job the canary's queries rely on
     outdir/k8s/deployment.yaml        production Deployment, new digest (applied on promotion)
     outdir/k8s/deployment-canary.yaml     canary Deployment, new digest         (canary releases)
     outdir/k8s/deployment-baseline.yaml   baseline Deployment, production digest (canary releases)
@@ -27,7 +29,7 @@ from pipeline.config import ReleaseConfig, load_release_config
 from pipeline.errors import ReleaseError
 from pipeline.identity import parse_tag
 from pipeline.release.api_spec import load_spec
-from pipeline.release.kayenta import canary_config
+from pipeline.release.kayenta import canary_config, has_output, scrape_config
 from pipeline.release.kubernetes import autoscaler, deployment, disruption_budget, service
 from pipeline.release.spec import ReleaseSpec, validate_spec
 from pipeline.release.spinnaker import pipeline
@@ -42,12 +44,16 @@ def render_documents(spec: ReleaseSpec, config: ReleaseConfig) -> dict[str, str]
 
     files = {
         "pipeline.json": json.dumps(pipeline(spec, config), indent=2) + "\n",
-        "canary-config.json": json.dumps(canary_config(spec, config), indent=2) + "\n",
+        "prometheus-scrape.yaml": as_yaml(scrape_config(config)),
         "k8s/deployment.yaml": as_yaml(deployment(spec, config, "production")),
         "k8s/service.yaml": as_yaml(service(spec, config)),
         "k8s/hpa.yaml": as_yaml(autoscaler(spec, config)),
         "k8s/pdb.yaml": as_yaml(disruption_budget(spec, config)),
     }
+    # A canary needs it; a direct deploy renders it when the image says what it answers (the
+    # config the next release's canary will be judged like).
+    if spec.mode == "canary" or has_output(spec):
+        files["canary-config.json"] = json.dumps(canary_config(spec, config), indent=2) + "\n"
     if spec.mode == "canary":
         files["k8s/deployment-canary.yaml"] = as_yaml(deployment(spec, config, "canary"))
         files["k8s/deployment-baseline.yaml"] = as_yaml(deployment(spec, config, "baseline"))
@@ -59,6 +65,7 @@ def render_documents(spec: ReleaseSpec, config: ReleaseConfig) -> dict[str, str]
 _RENDERED_FILES = (
     "pipeline.json",
     "canary-config.json",
+    "prometheus-scrape.yaml",
     "openapi.json",
     "k8s/deployment.yaml",
     "k8s/deployment-canary.yaml",

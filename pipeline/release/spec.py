@@ -37,6 +37,12 @@ class ReleaseSpec:
     kind: Literal["model", "hotfix", "rollback"] = "model"
     skip_canary: bool = False
     openapi: Mapping[str, Any] | None = field(default=None, compare=False)
+    # Production's models (the release it is compared with), when known: a canary variant that
+    # serves the same model as one of production's is compared with that one, else with
+    # production's control.
+    baseline_model_versions: Mapping[str, Mapping[str, str]] | None = field(
+        default=None, compare=False
+    )
 
     @property
     def image(self) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.config import ReleaseConfig
-from pipeline.release.kayenta import canary_config_id
+from pipeline.release.kayenta import canary_config_id, stage_scopes
 from pipeline.release.kubernetes import deployment, production_manifests
 from pipeline.release.spec import ReleaseSpec
 
@@ -128,17 +128,7 @@ def _canary_stages(spec: ReleaseSpec, config: ReleaseConfig) -> list[dict[str, A
             "canaryAnalysisIntervalMins": c.interval_minutes,
             "lookbackMins": 0,
             "scoreThresholds": {"marginal": c.thresholds.marginal, "pass": c.thresholds.pass_},
-            "scopes": [
-                {
-                    "scopeName": "default",
-                    "controlScope": "baseline",
-                    "controlLocation": config.namespace,
-                    "experimentScope": "canary",
-                    "experimentLocation": config.namespace,
-                    "step": c.step_seconds,
-                    "extendedScopeParams": {},
-                }
-            ],
+            "scopes": stage_scopes(spec, config),
             "metricsAccountName": c.metrics_account,
             "storageAccountName": c.storage_account,
         },

@@ -186,6 +186,8 @@ def test_rows_a_sound_model_cannot_score_are_invalid_input(
     assert [(d["row"], d["field"]) for d in body["detail"]] == [(1, None)]
     assert body["detail"][0]["problem"].startswith("the control model cannot score this row: ")
     assert info.value.variant == "control"
+    # Counted as the model's failure: a canary must see a model that fails on real rows.
+    assert info.value.cause == "model"
 
 
 def test_a_model_failing_on_its_own_example_stays_a_model_failure(
@@ -293,9 +295,17 @@ def test_metrics_have_the_contract_names_and_labels(
     client.post("/predict", json={"rows": [ROW] * 40}, headers={"x-bentoship-variant": "control"})
     client.post("/predict", json={"rows": [ROW]}, headers={"x-bentoship-variant": "treatment"})
     client.post("/predict", content=b"nope")
+    huge = {**ROW, "mean_radius": 1.7e308, "mean_texture": -1.7e308}
+    unscorable = client.post("/predict", json={"rows": [huge]},
+                             headers={"x-bentoship-variant": "control"})
+    assert unscorable.status_code == 422
     text = generate_latest(registry).decode()
     for name in METRIC_NAMES:
         assert f"# TYPE {name} " in text
+    # Every answer once, with who caused it: the caller's bad JSON, the model's unscorable row.
+    assert 'bentoship_responses_total{cause="none",status="200"} 2.0' in text
+    assert 'bentoship_responses_total{cause="caller",status="400"} 1.0' in text
+    assert 'bentoship_responses_total{cause="model",status="422"} 1.0' in text
     assert 'bentoship_requests_total{status="200",variant="control"} 1.0' in text
     assert 'bentoship_requests_total{status="400",variant="none"} 1.0' in text
     assert 'bentoship_rows_per_request_sum{variant="control"} 40.0' in text
@@ -307,6 +317,21 @@ def test_metrics_have_the_contract_names_and_labels(
               if line.startswith('bentoship_predictions_total{') and 'variant="control"' in line]
     assert sum(float(line.rsplit(" ", 1)[1]) for line in labels) == 40.0
     assert 'bentoship_request_duration_seconds_count{variant="treatment"} 1.0' in text
+
+
+def test_a_request_split_between_variants_is_one_response(
+    config: ServiceConfig, models: dict[str, LoadedModel], registry: CollectorRegistry
+) -> None:
+    state = AppState()
+    state.activate(Predictor.from_config(config, models), create_metrics(registry))
+    client = AppClient(create_app(config, state))
+    rows = [{**ROW, "request_id": f"r{i}"} for i in range(40)]  # 50/50 by key: both variants
+    assert client.post("/predict", json={"rows": rows}).status_code == 200
+    text = generate_latest(registry).decode()
+    assert 'bentoship_requests_total{status="200",variant="control"} 1.0' in text
+    assert 'bentoship_requests_total{status="200",variant="treatment"} 1.0' in text
+    # The error ratio's denominator: one answer, however many variants its rows reached.
+    assert 'bentoship_responses_total{cause="none",status="200"} 1.0' in text
 
 
 def test_model_failure_is_500_labelled_with_its_variant(
@@ -332,6 +357,7 @@ def test_model_failure_is_500_labelled_with_its_variant(
     }
     text = generate_latest(registry).decode()
     assert 'bentoship_requests_total{status="500",variant="treatment"} 1.0' in text
+    assert 'bentoship_responses_total{cause="model",status="500"} 1.0' in text
 
 
 def test_score_sample_is_everything_or_an_even_spread() -> None:

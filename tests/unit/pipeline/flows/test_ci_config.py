@@ -48,8 +48,16 @@ def test_ci_config_errors_name_the_file_and_the_key(
 
 def test_short_rollback_canary_shortens_lifetime_and_interval() -> None:
     config = rollback_release_config(
-        ReleaseConfig(), CiConfig(rollback_canary=True, rollback_canary_minutes=5)
+        ReleaseConfig(), CiConfig(rollback_canary=True, rollback_canary_minutes=13)
     )
-    assert config.canary.lifetime_duration == "PT5M"
-    assert config.canary.interval_minutes == 5
+    assert config.canary.lifetime_duration == "PT13M"
+    assert config.canary.interval_minutes == 13
+
+
+def test_a_rollback_canary_too_short_for_50_points_is_refused_with_the_fix() -> None:
+    with pytest.raises(ConfigError, match=r"(?s)rollback_canary_minutes.*judges 20 points.*"
+                       r"lengthen interval_minutes to 13"):
+        rollback_release_config(
+            ReleaseConfig(), CiConfig(rollback_canary=True, rollback_canary_minutes=5)
+        )
 

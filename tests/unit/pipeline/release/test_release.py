@@ -22,6 +22,8 @@ from pipeline.release.kayenta import (
     CANARY_METRIC_NAMES,
     CANARY_SERIES,
     SCOPE_LABELS,
+    canary_config,
+    stage_scopes,
 )
 from pipeline.release.spec import ReleaseSpec
 
@@ -42,6 +44,7 @@ EXAMPLE_ARGS = [
     "--treatment", "demo-classifier/3/9f8e7d6c5b4a39281706f5e4d3c2b1a0",
     "--tag", "ctl-v2.trt-v3.code-4e5f6a7",
     "--config", str(EXAMPLE / "bentoship.toml"),
+    "--openapi", str(EXAMPLE / "openapi.json"),
 ]  # fmt: skip
 
 
@@ -57,9 +60,17 @@ def demo_spec(**changes: Any) -> ReleaseSpec:
         },
         "code_version": "4e5f6a7",
         "image_tag": "ctl-v2.trt-v3.code-4e5f6a7",
+        "openapi": answers_spec(),
         **changes,
     }
     return ReleaseSpec(**fields)
+
+
+def answers_spec(**output: Any) -> dict[str, Any]:
+    """The part of an image's OpenAPI document the canary config reads: what it answers."""
+    answers = output or {"task": "classification", "classes": [0, 1]}
+    return {"openapi": "3.0.3", "info": {"title": "demo-classifier", "version": "1",
+                                         "x-bentoship": {"output": answers}}, "paths": {}}
 
 
 @pytest.fixture
@@ -304,15 +315,36 @@ def test_kayenta_stage_points_at_the_canary_config(rendered: dict[str, Path]) ->
     assert analysis["analysisType"] == "realTime"
     canary = analysis["canaryConfig"]
     assert canary["canaryConfigId"] == config["id"]
-    assert canary["lifetimeDuration"] == "PT30M"
-    assert canary["canaryAnalysisIntervalMins"] == 10
+    assert canary["lifetimeDuration"] == "PT45M"
+    assert canary["canaryAnalysisIntervalMins"] == 15
     assert canary["scoreThresholds"] == {"marginal": 75, "pass": 95}
     assert canary["metricsAccountName"] == "prometheus"
     assert canary["storageAccountName"] == "kayenta-storage"
-    (scope,) = canary["scopes"]
-    assert scope["controlScope"] == "baseline" and scope["experimentScope"] == "canary"
-    assert scope["controlLocation"] == scope["experimentLocation"] == "bentoship"
-    assert scope["scopeName"] == "default"
+    scopes = {s["scopeName"]: s for s in canary["scopes"]}
+    assert list(scopes) == ["default", "variant-control", "variant-treatment"]
+    assert scopes["default"]["controlScope"] == 'track="baseline"'
+    assert scopes["default"]["experimentScope"] == 'track="canary"'
+    # The usual release: production serves no treatment, so the new model is judged against
+    # production's control on the same traffic.
+    assert scopes["variant-treatment"]["controlScope"] == 'track="baseline",variant="control"'
+    assert scopes["variant-treatment"]["experimentScope"] == 'track="canary",variant="treatment"'
+    for scope in scopes.values():
+        assert scope["controlLocation"] == scope["experimentLocation"] == "bentoship"
+        assert scope["step"] == 15
+    used = {m["scopeName"] for m in config["metrics"]}
+    assert used == set(scopes)
+
+
+def test_a_variant_serving_productions_model_is_compared_with_that_model() -> None:
+    production = {
+        "control": {"name": "demo-classifier", "version": "1", "run_id": "aa"},
+        "treatment": {"name": "demo-classifier", "version": "3", "run_id": "9f8e"},
+    }
+    spec = demo_spec(baseline_model_versions=production)
+    by_name = {s["scopeName"]: s for s in stage_scopes(spec, ReleaseConfig())}
+    # control v2 is new: production's control; treatment v3 already runs as production's treatment
+    assert by_name["variant-control"]["controlScope"] == 'track="baseline",variant="control"'
+    assert by_name["variant-treatment"]["controlScope"] == 'track="baseline",variant="treatment"'
 
 
 # --- Kayenta canary config ------------------------------------------------------------------------
@@ -328,16 +360,28 @@ def contract_metrics() -> dict[str, set[str]]:
     return metrics
 
 
-def test_canary_metrics_are_exactly_those_of_contract_5(rendered: dict[str, Path]) -> None:
+ANSWERS = {
+    "binary": {"task": "classification", "classes": [0, 1]},
+    "multiclass": {"task": "classification", "classes": ["setosa", "versicolor", "virginica"]},
+    "regression": {"task": "regression", "targets": 2, "target_names": ["price", "rent"]},
+}
+
+
+def test_canary_metrics_are_exactly_those_of_contract_5() -> None:
     contract = contract_metrics()
     assert set(CANARY_METRIC_NAMES) <= set(contract)
     assert set(CANARY_METRIC_LABELS) == set().union(*(contract[m] for m in CANARY_METRIC_NAMES))
     for series in CANARY_SERIES:
         assert any(series == m or series.startswith(f"{m}_") for m in CANARY_METRIC_NAMES)
 
-    config = load(rendered["canary-config.json"])
+    metrics = [
+        metric
+        for answers in ANSWERS.values()
+        for metric in canary_config(demo_spec(openapi=answers_spec(**answers)),
+                                    ReleaseConfig())["metrics"]
+    ]
     used_series, used_labels = set(), set()
-    for metric in config["metrics"]:
+    for metric in metrics:
         query = metric["query"]
         assert query["type"] == query["serviceType"] == "prometheus"
         assert query["metricName"] in CANARY_METRIC_NAMES
@@ -345,13 +389,40 @@ def test_canary_metrics_are_exactly_those_of_contract_5(rendered: dict[str, Path
         assert promql.startswith("PromQL:")
         used_series |= set(re.findall(r"\b(bentoship_\w+)\{", promql))
         for selector in re.findall(
-            r"\{([^{}]*)\}", promql.replace("${scope}", "S").replace("${location}", "L")
+            r"\{([^{}]*)\}",
+            promql.replace("${scope}", 'track="canary",variant="control"').replace(
+                "${location}", "L"),
         ):
             used_labels |= set(re.findall(r"(\w+)\s*=~?", selector))
         used_labels |= set(re.findall(r"by \((\w+)\)", promql))
     assert used_series == set(CANARY_SERIES)
     assert used_labels <= set(CANARY_METRIC_LABELS) | set(SCOPE_LABELS) | {"le"}
-    assert "status" in used_labels and "variant" in used_labels
+    assert {"cause", "variant", "label", "target", "track"} <= used_labels
+
+
+@pytest.mark.parametrize("answers", list(ANSWERS))
+def test_what_each_variant_answers_is_judged_by_a_critical_metric(answers: str) -> None:
+    config = canary_config(demo_spec(openapi=answers_spec(**ANSWERS[answers])), ReleaseConfig())
+    for variant in ("control", "treatment"):
+        judged = [m for m in config["metrics"] if m["scopeName"] == f"variant-{variant}"]
+        critical = {m["name"] for m in judged if m["analysisConfigurations"]["canary"]["critical"]}
+        expected = {
+            "binary": {f"mean score {variant}"},
+            "multiclass": {f"mean confidence {variant}"},
+            "regression": {f"mean price {variant}", f"mean rent {variant}"},
+        }[answers]
+        assert critical == expected
+        assert all(m["groups"] == ["predictions"] for m in judged)
+    if answers == "multiclass":
+        shares = [m["name"] for m in config["metrics"] if m["name"].startswith("share of")]
+        assert "share of virginica treatment" in shares and len(shares) == 6
+
+
+def test_a_canary_needs_to_know_what_the_image_answers(tmp_path: Path) -> None:
+    spec = demo_spec(openapi={"openapi": "3.0.3", "info": {"title": "x", "version": "1"}})
+    with pytest.raises(ReleaseError, match="does not say what the models answer.*--openapi"):
+        render_release(spec, ReleaseConfig(), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_canary_config_has_kayenta_fields_and_weights_summing_to_100(
@@ -375,21 +446,39 @@ def test_canary_config_has_kayenta_fields_and_weights_summing_to_100(
     by_name = {m["name"]: m for m in config["metrics"]}
     for metric in config["metrics"]:
         assert set(metric["groups"]) <= set(weights)
-        assert metric["scopeName"] == "default"
         analysis = metric["analysisConfigurations"]["canary"]
-        assert {"direction", "critical", "nanStrategy", "mustHaveData"} <= set(analysis)
+        assert {"direction", "critical", "nanStrategy", "mustHaveData", "effectSize"} <= set(
+            analysis)
         assert analysis["direction"] in ("increase", "decrease", "either")
-        assert analysis["nanStrategy"] in ("remove", "replace")
+        assert analysis["nanStrategy"] == "remove"
+        # A critical metric must have data: a canary that answers nothing does not pass.
+        assert analysis["mustHaveData"] is analysis["critical"]
+        sizes = analysis["effectSize"]
+        assert sizes["measure"] == "meanRatio"
+        if analysis["direction"] in ("increase", "either"):
+            assert sizes["allowedIncrease"] > 1
+            assert not analysis["critical"] or sizes["criticalIncrease"] >= sizes["allowedIncrease"]
+        if analysis["direction"] in ("decrease", "either"):
+            assert sizes["allowedDecrease"] < 1
+            assert not analysis["critical"] or sizes["criticalDecrease"] <= sizes["allowedDecrease"]
+        # Rate windows of 4 scrape intervals (15 s) at the defaults.
+        assert "[60s]" in metric["query"]["customInlineTemplate"]
     assert {m["groups"][0] for m in config["metrics"]} == set(weights)
-    errors = by_name["5xx error ratio"]
-    assert 'status=~"5.."' in errors["query"]["customInlineTemplate"]
+    errors = by_name["error ratio"]
+    query = errors["query"]["customInlineTemplate"]
+    # Answers the caller did not cause, over every answer counted once per request.
+    assert 'bentoship_responses_total{cause=~"model|server",' in query
+    assert "bentoship_requests_total" not in query
     assert errors["analysisConfigurations"]["canary"]["critical"] is True
+    assert 'cause="caller"' in by_name["caller error ratio"]["query"]["customInlineTemplate"]
+    assert by_name["caller error ratio"]["analysisConfigurations"]["canary"]["critical"] is False
+    assert by_name["mean latency seconds"]["analysisConfigurations"]["canary"]["critical"]
     assert (
         "histogram_quantile(0.99" in by_name["p99 latency seconds"]["query"]["customInlineTemplate"]
     )
     for variant in ("control", "treatment"):
-        score = by_name[f"mean prediction score {variant}"]
-        assert f'variant="{variant}"' in score["query"]["customInlineTemplate"]
+        score = by_name[f"mean score {variant}"]
+        assert score["scopeName"] == f"variant-{variant}"
         assert score["analysisConfigurations"]["canary"]["direction"] == "either"
 
 
@@ -423,7 +512,7 @@ def test_a_direct_render_removes_canary_files_of_an_earlier_render(tmp_path: Pat
 
 
 def test_openapi_spec_is_copied_into_the_release(tmp_path: Path) -> None:
-    openapi = {"openapi": "3.0.3", "info": {"title": "demo", "version": "1"}, "paths": {}}
+    openapi = answers_spec()
     files = render_release(demo_spec(openapi=openapi), ReleaseConfig(), tmp_path)
     assert load(files["openapi.json"]) == openapi
 
@@ -508,7 +597,9 @@ def test_a_failed_render_leaves_an_earlier_release_untouched(tmp_path: Path) -> 
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "canary-config.json",
         "k8s",
+        "openapi.json",
         "pipeline.json",
+        "prometheus-scrape.yaml",
     ]
 
 
@@ -526,6 +617,7 @@ def test_cli_renders_the_example_release_exactly(tmp_path: Path) -> None:
     assert set(report["files"]) == {
         "pipeline.json", "canary-config.json", "k8s/deployment.yaml", "k8s/deployment-canary.yaml",
         "k8s/deployment-baseline.yaml", "k8s/service.yaml", "k8s/hpa.yaml", "k8s/pdb.yaml",
+        "openapi.json", "prometheus-scrape.yaml",
     }  # fmt: skip
     for rel in report["files"]:
         assert (tmp_path / rel).read_text() == (EXAMPLE / rel).read_text(), (
@@ -549,7 +641,7 @@ def test_cli_refuses_a_tag_as_usage_error(tmp_path: Path) -> None:
 def test_cli_bad_config_exits_1_naming_file_and_key(tmp_path: Path) -> None:
     config = tmp_path / "bentoship.toml"
     config.write_text("[release.canary]\nthresholds = { marginal = 90, pass = 80 }\n")
-    args = [*EXAMPLE_ARGS[:-1], str(config), "--out", str(tmp_path / "out")]
+    args = [*EXAMPLE_ARGS, "--config", str(config), "--out", str(tmp_path / "out")]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 1
     assert str(config) in result.output and "release.canary.thresholds" in result.output
