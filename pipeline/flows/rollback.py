@@ -243,6 +243,7 @@ def rollback(
             kind="rollback",
             skip_canary=not ci.rollback_canary,
             openapi=_recorded_openapi(client, record),
+            baseline_model_versions=production.model_versions if production else None,
         )
         config = rollback_release_config(release_config, ci) if ci.rollback_canary else \
             release_config

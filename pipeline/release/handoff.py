@@ -213,6 +213,7 @@ def _release(
         image_tag=result.tag,
         kind=kind,
         openapi=openapi,
+        baseline_model_versions=production.model_versions if production else None,
     )
     return hand_over(spec, config, outdir, settings, echo, result, submit, api=api,
                      production=production, allow_dirty=allow_dirty)

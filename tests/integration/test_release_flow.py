@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
@@ -92,9 +93,18 @@ def test_canary_metric_names_exist_on_the_service(two_releases, docker_client) -
             exposed = response.read().decode()
     finally:
         smoke.stop(running.container)
-    for name in CANARY_METRIC_NAMES:
-        assert f"{name}" in exposed, name
-    assert 'variant="control"' in exposed or 'variant="treatment"' in exposed
+    # Every series the rendered canary config queries is one the running service exposes.
+    config = json.loads(second.files["canary-config.json"].read_text())
+    queried = {
+        series
+        for metric in config["metrics"]
+        for series in re.findall(r"\b(bentoship_\w+)\{", metric["query"]["customInlineTemplate"])
+    }
+    assert queried and {m["query"]["metricName"] for m in config["metrics"]} <= set(
+        CANARY_METRIC_NAMES)
+    for series in queried:
+        assert f"\n{series}{{" in exposed, series
+    assert 'bentoship_responses_total{cause="none",status="200"} 5.0' in exposed
 
 
 def test_bad_config_records_nothing_and_builds_nothing(
