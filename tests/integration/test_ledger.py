@@ -21,7 +21,16 @@ from pipeline.release.spec import ReleaseSpec
 from tests.stores import running_mlflow_server
 
 REPO = "127.0.0.1:5000/demo-classifier"
-OPENAPI = {"openapi": "3.0.3", "info": {"title": "demo-classifier", "version": "1"}, "paths": {}}
+# What a built image's document says its models answer: the canary config judges those answers.
+OPENAPI = {
+    "openapi": "3.0.3",
+    "info": {
+        "title": "demo-classifier",
+        "version": "1",
+        "x-bentoship": {"output": {"task": "classification", "classes": [0, 1]}},
+    },
+    "paths": {},
+}
 
 
 def digest(n: int) -> str:
