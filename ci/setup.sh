@@ -42,6 +42,8 @@ command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 [ -x /usr/bin/docker-registry ] || missing+=(docker-registry)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# `bentoship rehearse` and the canary tests run a private Prometheus (its own port and store).
+command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if ((${#missing[@]})); then
     [ "$(id -u)" = 0 ] || die "need root to install ${missing[*]}"
     say "installing ${missing[*]}"
@@ -50,7 +52,7 @@ if ((${#missing[@]})); then
     apt-get install -y -qq "${missing[@]}" >"$STATE/apt.log" 2>&1 \
         || { tail -n 20 "$STATE/apt.log" >&2; die "apt-get install failed (log: $STATE/apt.log)"; }
 else
-    say "packages: docker.io docker-registry debootstrap present"
+    say "packages: docker.io docker-registry debootstrap curl prometheus present"
 fi
 
 # --- Docker engine --------------------------------------------------------------------------------

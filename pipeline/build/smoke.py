@@ -62,9 +62,12 @@ def start(
     image: str,
     *,
     host_port: int | None = None,
+    host_ip: str = "127.0.0.1",
     deadline_s: float = 120.0,
     name: str | None = None,
     detach_on_success: bool = False,
+    environment: dict[str, str] | None = None,
+    labels: dict[str, str] | None = None,
 ) -> Running:
     """Run the image read-only as its non-root user and wait for `/readyz`."""
     refused = (SmokeTestError, lambda exc: f"could not start {image}: {explanation(exc)}")
@@ -73,7 +76,9 @@ def start(
             image,
             detach=True,
             name=name,
-            ports={f"{PORT}/tcp": ("127.0.0.1", host_port)},
+            ports={f"{PORT}/tcp": (host_ip, host_port)},
+            environment=environment,
+            labels=labels,
             read_only=True,
             tmpfs=SCRATCH,
             cap_drop=["ALL"],
@@ -83,7 +88,7 @@ def start(
     try:
         container.reload()
         port = container.ports[f"{PORT}/tcp"][0]["HostPort"]
-        url = f"http://127.0.0.1:{port}"
+        url = f"http://{host_ip}:{port}"
         while True:
             container.reload()
             if container.status in ("exited", "dead"):

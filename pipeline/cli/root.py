@@ -1,7 +1,8 @@
 """The `bentoship` command line: a thin click layer over the pipeline's Python API.
 
 This module holds the root group, the error edge and the registration of the commands, which
-live in build.py (demo, base, build, run, serve, push), release.py, openapi.py and ci.py.
+live in build.py (demo, base, build, run, serve, push), release.py, rehearse.py, openapi.py
+and ci.py.
 
 Exit codes: 0 success, 1 a failure the user can act on (the message says what exists and
 what to do), 2 a usage error. `--debug` re-raises with the traceback.
@@ -53,6 +54,7 @@ def _register() -> None:
     from pipeline.cli.build import base, build, demo, push, run, serve
     from pipeline.cli.ci import ci, rollback
     from pipeline.cli.openapi import openapi
+    from pipeline.cli.rehearse import rehearse
     from pipeline.cli.release import release, releases, render
 
     cli.add_command(demo)
@@ -65,6 +67,7 @@ def _register() -> None:
     cli.add_command(release)
     cli.add_command(releases)
     cli.add_command(render)
+    cli.add_command(rehearse)
     cli.add_command(ci)
     cli.add_command(rollback)
 
