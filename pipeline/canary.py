@@ -1,7 +1,7 @@
 """`[release.canary]` of bentoship.toml: how a canary is judged, every knob with its default.
 
 The defaults, and why (Spinnaker's canary best practices, https://spinnaker.io/docs/guides/
-user/canary/best-practices/, and how Kayenta's NetflixACAJudge decides; see docs/judge.md):
+user/canary/best-practices/, and how Kayenta's NetflixACAJudge decides; see docs/canary.md):
 
 - `scrape_interval_seconds = 15`: the interval of the Prometheus job that scrapes the pods
   (`prometheus-scrape.yaml`, rendered with it). Windows and steps are checked against it.
