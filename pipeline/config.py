@@ -233,6 +233,9 @@ class Resources(_Model):
         return self
 
 
+_OUTCOME_URL = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+
+
 class ReleaseConfig(_Model):
     """The `[release]` table of bentoship.toml; every field has a default."""
 
@@ -247,6 +250,14 @@ class ReleaseConfig(_Model):
     replicas: Replicas = Replicas()
     resources: Resources = Resources()
     canary: Canary = Canary()
+    stage_timeout_minutes: int = Field(default=10, ge=1, le=24 * 60)
+    """How long a deploy, promotion or undo stage may take (Orca's stageTimeoutMs) before it
+    fails and the pipeline goes on to undo and clean up."""
+    outcome_url: Annotated[str, _pattern(_OUTCOME_URL, "an http(s) URL such as "
+                                         "'https://bentoship-hooks.internal/outcome'")] | None = None
+    """Where the pipeline posts its outcome: `bentoship ci webhook`'s /outcome, as Spinnaker
+    reaches it. With BENTOSHIP_WEBHOOK_SECRET set at render time the pipeline ends with a
+    stage that reports promoted, rolled-back or failed there; otherwise it reports nothing."""
 
     @model_validator(mode="after")
     def _grace_covers_prestop(self) -> ReleaseConfig:

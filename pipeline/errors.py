@@ -17,6 +17,8 @@ message; anything else is a bug and keeps its traceback.
     │       └── RegistryUnreachable    the registry does not answer at all
     ├── ReleaseError               rendering or recording a release
     │   ├── LedgerUnavailable      a rollback was rendered, the ledger could not record it
+    │   ├── ReleaseNotFound        no recorded release has this id (or prefix)
+    │   ├── BadTransition          a release's status cannot change to the one asked for
     │   └── ReleaseConflict        another release of the same service got in the way
     │       ├── LeaseHeld          its release lease is held: waited --wait, names the holder
     │       └── LeaseLost          this release's lease lapsed or was taken: nothing recorded
@@ -98,6 +100,14 @@ class LedgerUnavailable(ReleaseError):
     def __init__(self, message: str, result: Any) -> None:
         super().__init__(message)
         self.result = result
+
+
+class ReleaseNotFound(ReleaseError):
+    """No recorded release has this id, or no release is recorded at all."""
+
+
+class BadTransition(ReleaseError):
+    """The release's current status does not allow the status asked for."""
 
 
 class ReleaseConflict(ReleaseError):

@@ -1,4 +1,4 @@
-"""CLI commands for releases: `bentoship release`, `render` and `releases list|show`.
+"""CLI commands for releases: `bentoship release`, `render` and `releases list|show|mark`.
 
 The root group in pipeline/cli/root.py registers them; they only parse, call
 pipeline.release (files, handoff, ledger), and print.
@@ -260,7 +260,10 @@ def show_release(release_id: str, output: str) -> None:
         f"Created   {record.created.isoformat()}",
         f"Service   {record.name}",
         f"Kind      {record.kind} ({record.mode})",
-        f"Status    {record.status}",
+        f"Status    {record.status}"
+        + (f" (since {record.outcome_at}, by {record.outcome_by}"
+           + (f": {record.outcome_reason}" if record.outcome_reason else "") + ")"
+           if record.outcome_at else ""),
         f"Image     {record.image}",
         f"Tag       {record.image_tag}",
         f"Baseline  {record.baseline or 'none (first release)'}",
@@ -277,7 +280,69 @@ def show_release(release_id: str, output: str) -> None:
         f"Files     {record.artifact_uri}",
         *(f"          {path}" for path in files),
     ]
-    emit({"release": record.to_dict(), "files": files}, output, "\n".join(lines))
+    history = ledger.outcome_history(client, record.release_id)
+    lines += [f"History   {h.get('at')}: {h.get('from')} -> {h.get('to')} by {h.get('by')}"
+              + (f" ({h['reason']})" if h.get("reason") else "") for h in history]
+    emit({"release": record.to_dict(), "files": files, "history": history}, output,
+         "\n".join(lines))
+
+
+_MARK_HELP = """Record what became of a release: promoted, rolled-back or failed.
+
+\b
+ID is the release's id or a unique prefix (`bentoship releases list`). Allowed changes:
+  handed-off -> promoted      the canary passed and production runs it now
+  handed-off -> rolled-back   it reached production and was undone
+  handed-off -> failed        it never reached production (canary failed, deploy failed)
+  promoted   -> rolled-back   a later rollback replaced it
+Marking a release with the status it already has changes nothing (exit 0). Production, what
+the next release is compared with and what `bentoship rollback` leaves, is the newest
+promoted release. Who marked it (your user@host, or $BENTOSHIP_CI_JOB), when and --reason
+are kept in its history (`bentoship releases show ID`).
+
+\b
+The rendered pipeline reports its outcome itself when the webhook receiver's secret was set at
+render time; otherwise run this by hand or from a Spinnaker Run Job stage:
+  bentoship releases mark 3a15cdcbcd2e --status promoted
+  bentoship releases mark 3a15cdcbcd2e --status failed --reason "canary score 41"
+"""
+
+
+@releases.command("mark", help=_MARK_HELP)
+@click.argument("release_id", metavar="ID")
+@click.option("--status", required=True, type=click.Choice(["promoted", "rolled-back", "failed"]),
+              help="What became of the release.")
+@click.option("--reason", default="", metavar="TEXT", help="Why, kept in its history.")
+@output_option
+def mark_release(release_id: str, status: str, reason: str, output: str) -> None:
+    from pipeline.release import ledger
+
+    settings = load_settings()
+    client = _client()
+    done = ledger.mark_release(client, release_id, status, by=_marked_by(settings.ci_job),
+                               reason=reason)
+    record = done.record
+    if done.changed:
+        text = f"Release {record.short_id} ({record.image}): {done.previous} -> {record.status}"
+    else:
+        text = f"Release {record.short_id} is {record.status} already; nothing changed"
+    text += "".join(f"\nRelease {r.short_id} ({r.image}): promoted -> {r.status}, "
+                    f"replaced by this rollback" for r in done.also)
+    emit({"release_id": record.release_id, "status": record.status, "previous": done.previous,
+          "changed": done.changed, "also": [r.release_id for r in done.also],
+          "release": record.to_dict()}, output, text)
+
+
+def _marked_by(ci_job: str) -> str:
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    who = f"{user}@{socket.gethostname()}"
+    return f"{who} (CI job {ci_job})" if ci_job else who
 
 
 def _predecessor(predecessor: str) -> str:
@@ -323,9 +388,10 @@ def release(control: str, treatment: str | None, treatment_weight: int | None, n
     \b
     Writes into --out: pipeline.json (for `spin pipeline save --file`), canary-config.json
     (Kayenta) and the Kubernetes manifests, all referring to the image by digest. The
-    baseline is the image of the newest successful release of this service in the ledger;
-    the first release deploys directly. The release is recorded in the ledger only after
-    the push and the rendering succeeded.
+    baseline is the image of production, the newest promoted release of this service in the
+    ledger; the first release deploys directly. The release is recorded in the ledger, as
+    handed-off, only after the push and the rendering succeeded; its pipeline reports whether
+    it was promoted (or `bentoship releases mark`).
 
     \b
     Before anything is built, the service's OpenAPI spec is compared with the one recorded

@@ -9,7 +9,7 @@
 webhook receiver (pipeline/flows/receiver.py) calls `on_model_registered` for each accepted
 delivery.
 
-Production is what the ledger says: the newest succeeded release of the service. A new version
+Production is what the ledger says: the newest promoted release of the service. A new version
 is released as the treatment against production's control (or, with `[ci] new_version_as =
 "control"`, replaces the control); a hotfix rebuilds production's model versions with the
 code of the checked-out commit; a rollback goes back to the release before production, skipping

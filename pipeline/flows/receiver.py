@@ -1,6 +1,8 @@
 """`bentoship ci webhook`: receive MLflow registry webhooks and start releases, one at a time.
 
     POST /webhook            an MLflow delivery (pipeline/flows/webhook.py checks and reads it)
+    POST /outcome            a release's pipeline reports promoted, rolled-back or failed
+                             (pipeline/release/outcome.py checks and reads it)
     GET  /healthz            {"status": "ok", "pending": n, "counts": {...}}
     GET  /deliveries/<id>    what became of one delivery
 
@@ -13,6 +15,15 @@ Answers, always one JSON object:
                                         stale_timestamp): not provably from our MLflow; nothing runs
     429 {"error": "queue_full", ...}   the release queue is full; `Retry-After` says when to retry
     400 {"error": "malformed_body", ...}, 404, 405, 408, 411, 413 for the rest
+
+An outcome report is answered once the ledger has it (one MLflow write, no queue):
+
+    200 {"status": "marked", "release_id": ..., "previous": ..., "outcome": ...}
+    200 {"status": "duplicate", ...}   the release has this status already (a retried report)
+    401 bad_signature / missing_header; 400 malformed_body
+    404 {"error": "unknown_release"}   409 {"error": "bad_transition"} (both final for Orca)
+    503 {"error": "ledger_unavailable"} with Retry-After: MLflow did not answer (Orca retries
+                                        5xx for the stage's 5 minutes)
 
 The HTTP side is a Starlette app on uvicorn (pipeline/flows/webhook_server.py, which also
 limits bodies and how long they may take to arrive). The answer comes before the release: a
@@ -42,7 +53,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import BadTransition, ConfigError, PipelineError, ReleaseNotFound
 from pipeline.flows import webhook_server
 from pipeline.flows.webhook import (
     ALIAS_CREATED,
@@ -80,6 +91,8 @@ class Outcome:
 
 
 Handle = Callable[[RegistryEvent], Outcome]
+# Record a reported outcome: (release id, outcome, who reported it) -> ledger.Marked
+Mark = Callable[[str, str, str], Any]
 Filter = Callable[[RegistryEvent], str | None]  # a reason to ignore the event, or None
 
 
@@ -177,6 +190,7 @@ class Receiver:
         read_timeout_s: float = 10.0,
         retry_after_s: int = 5,
         max_reading: int = 64,
+        mark: Mark | None = None,
         echo: Echo = lambda message: None,
     ) -> None:
         if not secret:
@@ -196,6 +210,7 @@ class Receiver:
         self.read_timeout_s = read_timeout_s
         self.retry_after_s = retry_after_s
         self.max_reading = max_reading
+        self.mark = mark
         self.echo = echo
         self.counts: Counter[str] = Counter()
         # Unbounded itself: deliveries resumed at start may exceed `queue_size`; the bound is
@@ -295,6 +310,42 @@ class Receiver:
                      "model": event.model_name, "version": event.version,
                      "status_url": f"/deliveries/{event.delivery_id}"}
 
+    def receive_outcome(
+        self, headers: Mapping[str, str], body: bytes
+    ) -> tuple[int, dict[str, Any]]:
+        """Answer one outcome report: verify it, then mark the release in the ledger."""
+        from pipeline.release.outcome import read_report
+
+        try:
+            report = read_report(self.secret, headers, body)
+        except WebhookRejected as exc:
+            self.count("rejected")
+            self.echo(f"Rejected an outcome report: {exc}")
+            code = 400 if exc.reason == "malformed_body" else 401
+            return code, {"error": exc.reason, "detail": str(exc)}
+        if self.mark is None:
+            return 404, {"error": "not_found", "detail": "this receiver records no outcomes"}
+        by = f"pipeline outcome webhook (Spinnaker execution {report.execution_id or 'unknown'})"
+        try:
+            done = self.mark(report.release_id, report.outcome, by)
+        except ReleaseNotFound as exc:
+            return 404, {"error": "unknown_release", "detail": str(exc)}
+        except BadTransition as exc:
+            self.echo(f"Refused outcome {report.outcome} of release {report.release_id}: {exc}")
+            return 409, {"error": "bad_transition", "detail": str(exc)}
+        except PipelineError as exc:
+            self.echo(f"Could not record outcome {report.outcome} of {report.release_id}: {exc}")
+            return 503, {"error": "ledger_unavailable", "detail": str(exc)}
+        answer = {"release_id": done.record.release_id, "outcome": report.outcome,
+                  "previous": done.previous}
+        if not done.changed:
+            self.count("outcome_duplicate")
+            return 200, {"status": "duplicate", **answer,
+                         "detail": f"the release is {report.outcome} already"}
+        self.count("outcome_marked")
+        self.echo(f"Release {done.record.short_id}: {done.previous} -> {report.outcome} ({by})")
+        return 200, {"status": "marked", **answer}
+
     def _serve(self) -> None:
         asyncio.run(self._server.serve(sockets=[self._socket]))
 
@@ -369,7 +420,19 @@ def webhook_receiver(
                     DeliveryJournal(settings.webhook_dir / "deliveries.jsonl"), handle,
                     ignore=event_filter(ci_config.models, ci_config.alias_events),
                     host=host, port=port, tolerance_s=tolerance_s, queue_size=queue_size,
-                    read_timeout_s=read_timeout_s, echo=echo)
+                    read_timeout_s=read_timeout_s, mark=ledger_marker(settings), echo=echo)
+
+
+def ledger_marker(settings: Settings) -> Mark:
+    """Mark releases in the ledger of `settings` (what the receiver does with an outcome)."""
+    from pipeline.models.registry import settings_client
+    from pipeline.release import ledger
+
+    def mark(release_id: str, outcome: str, by: str) -> Any:
+        return ledger.mark_release(settings_client(settings), release_id, outcome, by=by,
+                                   reason=f"reported by the release's pipeline: {outcome}")
+
+    return mark
 
 
 def _event_name(body: bytes) -> str:

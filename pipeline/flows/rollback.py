@@ -89,13 +89,13 @@ def _resolve_target(
         records = ledger.succeeded_releases(client, name=service)
         if not records:
             raise ReleaseError(
-                f"nothing to roll back: the ledger at {client.tracking_uri} has no successful "
+                f"nothing to roll back: the ledger at {client.tracking_uri} has no promoted "
                 f"release of {service} (`bentoship releases list` shows what is recorded)"
             )
         chosen = ledger.choose_previous(records)
         if chosen is None:
             raise ReleaseError(
-                f"no earlier successful release of {service} to roll back to: production is "
+                f"no earlier promoted release of {service} to roll back to: production is "
                 f"release {records[0].short_id} ({records[0].image}), and every release before "
                 "it deployed that image or one a rollback moved away from. Choose one with "
                 "--to (`bentoship releases list` shows them)."
@@ -107,10 +107,10 @@ def _resolve_target(
     if target.kind == "release":
         assert client is not None
         record = ledger.get_release(client, target.text)
-        if record.status != "succeeded":
+        if record.status != ledger.PROMOTED:
             raise ReleaseError(
                 f"release {record.short_id} has status {record.status}: only a release that "
-                "succeeded can be rolled back to"
+                "was promoted to production can be rolled back to"
             )
         repository, digest = parse_image_reference(record.image, option="release image")
         return repository, digest, record, f"release {record.short_id} (--to)"
@@ -127,7 +127,7 @@ def _resolve_target(
         if in_repo is None:
             if name is None:
                 raise ConfigError(
-                    f"--to {target.tag}: no succeeded release in the ledger has this tag; give "
+                    f"--to {target.tag}: no promoted release in the ledger has this tag; give "
                     "the repository too (REPOSITORY:TAG) or --name to look it up in the registry"
                 )
             in_repo = f"{settings.oci_registry}/{name}"

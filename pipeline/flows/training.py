@@ -1,6 +1,6 @@
 """After training: a newly registered model version becomes a canary release.
 
-Production is the newest succeeded release of the service in the ledger. A new version is
+Production is the newest promoted release of the service in the ledger. A new version is
 released as the treatment beside production's control (with `[ci] treatment_weight` percent of
 the traffic), or, with `[ci] new_version_as = "control"`, replaces the control; the first
 release of a service deploys the version alone. `bentoship ci on-model-registered` and the

@@ -24,13 +24,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from pipeline.errors import ConfigError, WebhookRejected
+from pipeline.release.outcome import json_object
 
 __all__ = [
     "DELIVERY_ID_HEADER",
@@ -146,12 +145,7 @@ def parse_event(body: bytes, *, delivery_id: str | None = None) -> RegistryEvent
     Pass the `X-MLflow-Delivery-Id` header as `delivery_id`: MLflow does not repeat it in the
     body. Raises WebhookRejected (`malformed_body`) if the body is not an MLflow webhook payload.
     """
-    try:
-        payload: Any = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WebhookRejected("malformed_body", f"the body is not JSON: {exc}") from exc
-    if not isinstance(payload, dict):
-        raise WebhookRejected("malformed_body", "the body is not a JSON object")
+    payload = json_object(body)
     entity, action, data = payload.get("entity"), payload.get("action"), payload.get("data")
     if not isinstance(entity, str) or not isinstance(action, str) or not isinstance(data, dict):
         raise WebhookRejected(

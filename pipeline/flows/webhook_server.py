@@ -12,6 +12,9 @@ the receiver before anything is verified:
                             under `max_reading` x `max_body` bytes
     429 queue_full          the release queue is full (a forged delivery is refused before)
 
+The same guards hold for `POST /outcome`, where a release's pipeline reports its outcome
+(`Receiver.receive_outcome`).
+
 Both 429s carry `Retry-After`; MLflow retries 429s.
 
 `server(app, ...)` is the uvicorn server; `Receiver.start()` runs it in a thread of its own on
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import json
 import traceback
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -51,11 +55,19 @@ def _answer(code: int, payload: dict[str, Any], headers: dict[str, str] | None =
 
 
 def app(receiver: Receiver) -> Starlette:
-    """The receiver's routes: POST /webhook, GET /healthz and /deliveries/<id>."""
+    """The receiver's routes: POST /webhook and /outcome, GET /healthz and /deliveries/<id>."""
 
     reading = 0  # bodies being read now; one event loop, so no lock
 
     async def deliver(request: Request) -> Response:
+        return await _receive(request, receiver.receive)
+
+    async def outcome(request: Request) -> Response:
+        return await _receive(request, receiver.receive_outcome)
+
+    async def _receive(
+        request: Request, handle: Callable[[dict[str, str], bytes], tuple[int, dict[str, Any]]]
+    ) -> Response:
         nonlocal reading
         length = request.headers.get("content-length", "")
         if not length.isdigit():
@@ -77,8 +89,7 @@ def app(receiver: Receiver) -> Starlette:
             with anyio.fail_after(receiver.read_timeout_s):
                 body = await _read(request, receiver.max_body)
             # Verifying and journaling block (HMAC, a file append under a lock): off the loop.
-            code, payload = await run_in_threadpool(receiver.receive, dict(request.headers),
-                                                    body)
+            code, payload = await run_in_threadpool(handle, dict(request.headers), body)
         except TimeoutError:
             receiver.count("timed_out")
             return _answer(408, {"error": "request_timeout",
@@ -92,7 +103,7 @@ def app(receiver: Receiver) -> Starlette:
             return _answer(400, {"error": "disconnected", "detail": "the client went away"})
         finally:
             reading -= 1
-        headers = {"Retry-After": str(receiver.retry_after_s)} if code == 429 else None
+        headers = {"Retry-After": str(receiver.retry_after_s)} if code in (429, 503) else None
         return _answer(code, payload, headers)
 
     async def healthz(request: Request) -> Response:
@@ -109,10 +120,12 @@ def app(receiver: Receiver) -> Starlette:
         assert isinstance(exc, HTTPException)
         if exc.status_code == 405:
             return _answer(405, {"error": "method_not_allowed",
-                                "detail": "POST /webhook; GET /healthz or /deliveries/<id>"},
+                                "detail": "POST /webhook or /outcome; GET /healthz or "
+                                          "/deliveries/<id>"},
                           dict(exc.headers or {}))
         if exc.status_code == 404:
-            where = ("deliveries go to /webhook" if request.method == "POST"
+            where = ("deliveries go to /webhook, outcomes to /outcome"
+                     if request.method == "POST"
                      else "GET /healthz or /deliveries/<id>")
             return _answer(404, {"error": "not_found", "detail": where})
         return _answer(exc.status_code, {"error": "http_error", "detail": str(exc.detail)})
@@ -126,6 +139,7 @@ def app(receiver: Receiver) -> Starlette:
         routes=[
             Route("/webhook", deliver, methods=["POST"]),
             Route("/webhook/", deliver, methods=["POST"]),
+            Route("/outcome", outcome, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/deliveries/{delivery_id:str}", delivery, methods=["GET"]),
         ],

@@ -9,6 +9,8 @@
     api_diff    classify the changes between two specs (breaking or compatible)
     api_export  the spec of an image, or of the service a build would make
     handoff     the API guard, build or reuse, render, record (`release`)
-    submit      `spin pipeline save` when asked to submit
-    ledger      releases as MLflow runs: production, the previous release, what each holds
+    submit      `spin canary canary-config save`, then `spin pipeline save`, when asked
+    outcome     the pipeline's outcome report: signed per outcome at render, checked on receipt
+    ledger      releases as MLflow runs: statuses and their changes, production (the newest
+                promoted release), the previous release, what each holds
 """

@@ -31,19 +31,24 @@ from pipeline.identity import parse_tag
 from pipeline.release.api_spec import load_spec
 from pipeline.release.kayenta import canary_config, has_output, scrape_config
 from pipeline.release.kubernetes import autoscaler, deployment, disruption_budget, service
+from pipeline.release.outcome import OutcomeHook
 from pipeline.release.spec import ReleaseSpec, validate_spec
 from pipeline.release.spinnaker import pipeline
 
 
-def render_documents(spec: ReleaseSpec, config: ReleaseConfig) -> dict[str, str]:
-    """Validate, then build every release file in memory: relative path -> text."""
+def render_documents(
+    spec: ReleaseSpec, config: ReleaseConfig, hook: OutcomeHook | None = None
+) -> dict[str, str]:
+    """Validate, then build every release file in memory: relative path -> text.
+
+    With `hook` the pipeline reports its outcome (pipeline/release/outcome.py)."""
     validate_spec(spec)
 
     def as_yaml(doc: dict[str, Any]) -> str:
         return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
 
     files = {
-        "pipeline.json": json.dumps(pipeline(spec, config), indent=2) + "\n",
+        "pipeline.json": json.dumps(pipeline(spec, config, hook), indent=2) + "\n",
         "prometheus-scrape.yaml": as_yaml(scrape_config(config)),
         "k8s/deployment.yaml": as_yaml(deployment(spec, config, "production")),
         "k8s/service.yaml": as_yaml(service(spec, config)),
@@ -76,9 +81,11 @@ _RENDERED_FILES = (
 )
 
 
-def render_release(spec: ReleaseSpec, config: ReleaseConfig, outdir: Path) -> dict[str, Path]:
+def render_release(
+    spec: ReleaseSpec, config: ReleaseConfig, outdir: Path, hook: OutcomeHook | None = None
+) -> dict[str, Path]:
     """Write the release files into `outdir`; on any error nothing is written there."""
-    files = render_documents(spec, config)
+    files = render_documents(spec, config, hook)
     outdir = outdir.resolve()
     stale = [outdir / rel for rel in _RENDERED_FILES if rel not in files]
     if outdir.exists() and not outdir.is_dir():

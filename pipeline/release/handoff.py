@@ -13,7 +13,11 @@ which CI passes as `allow_breaking_api=True`). The decision is recorded with the
 (`api_change`: none, compatible, breaking-allowed, or unchecked when production has no spec).
 
 `release` builds, then `hand_over` renders, submits (pipeline/release/submit.py, `--submit`)
-and records; a rollback, which builds nothing, calls `hand_over` directly.
+and records; a rollback, which builds nothing, calls `hand_over` directly. The release id is
+known before anything is rendered (`ledger.open_release` makes its run first, deleted again if
+the release stops before it is recorded), so the pipeline can report the release's outcome to
+the webhook receiver (pipeline/release/outcome.py) when BENTOSHIP_WEBHOOK_SECRET and
+`[release] outcome_url` are set; `outcome_note` says which it does.
 
 One release per service at a time: `release` refuses a dirty work tree (unless `allow_dirty`,
 recorded), then holds the service's lease (pipeline/release/lease.py) from before production is
@@ -39,6 +43,7 @@ from pipeline.release import lease, ledger
 from pipeline.release.api_diff import Change, diff_specs
 from pipeline.release.api_export import service_spec
 from pipeline.release.files import render_release
+from pipeline.release.outcome import OutcomeHook, outcome_hook
 from pipeline.release.spec import ReleaseSpec
 from pipeline.release.submit import check_submit, submit_pipeline
 
@@ -74,9 +79,11 @@ class Handoff:
     submitted: bool
     submit_note: str
     api: ApiCheck | None = None
+    outcome_note: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "release_id": self.record.release_id,
             "release": self.record.to_dict(),
             "api": self.api.as_dict() if self.api else None,
             "image": self.spec.image,
@@ -85,6 +92,7 @@ class Handoff:
             "files": {k: str(v) for k, v in self.files.items()},
             "submitted": self.submitted,
             "submit_note": self.submit_note,
+            "outcome_note": self.outcome_note,
             "build": self.build.as_dict() if self.build else None,
         }
 
@@ -243,24 +251,51 @@ def hand_over(
     """
     client = registry.settings_client(settings)
     with lease.hold(settings, spec.name, echo, wait_s=wait_s, client=client) as held:
-        echo(f"Rendering the {spec.mode} release into {outdir}")
-        files = render_release(spec, config, outdir)
-        held.verify()
-        ledger.check_production(client, spec.name, production)
-        submitted, note = submit_pipeline(files, submit)
-        held.verify()
-        ledger.check_production(client, spec.name, production)
-        record = ledger.record_release(
-            client, spec, files,
-            artifact_root=settings.embedded_artifact_root,
-            api_change=api.decision if api else None,
-            api_diff=api.as_dict() if api and api.changes else None,
-            predecessor=production.release_id if production else None,
-            allow_dirty=allow_dirty,
-            trusted_types=(identity.ImageIdentity.from_labels(result.labels).trusted_types
-                           if result is not None else ()),
-        )
+        release_id = ledger.open_release(client, spec, artifact_root=settings.embedded_artifact_root)
+        try:
+            hook, reporting, outcome_note = outcome_reporting(settings, config, release_id)
+            echo(f"Rendering the {spec.mode} release {release_id[:12]} into {outdir}")
+            files = render_release(spec, config, outdir, hook)
+            held.verify()
+            ledger.check_production(client, spec.name, production)
+            submitted, note = submit_pipeline(files, submit)
+            held.verify()
+            ledger.check_production(client, spec.name, production)
+            record = ledger.record_release(
+                client, spec, files,
+                artifact_root=settings.embedded_artifact_root,
+                api_change=api.decision if api else None,
+                api_diff=api.as_dict() if api and api.changes else None,
+                predecessor=production.release_id if production else None,
+                allow_dirty=allow_dirty,
+                trusted_types=(identity.ImageIdentity.from_labels(result.labels).trusted_types
+                               if result is not None else ()),
+                run_id=release_id,
+                outcome_reporting=reporting,
+            )
+        except BaseException:
+            ledger.discard_release(client, release_id)
+            raise
     api_note = f", API change: {api.decision}" if api else ""
-    echo(f"Recorded release {record.short_id} ({spec.kind}{api_note}) in the ledger")
-    return Handoff(result, spec, record, files, submitted, note, api)
+    echo(f"Recorded release {record.short_id} ({spec.kind}{api_note}) in the ledger as "
+         f"{record.status}; {outcome_note}")
+    return Handoff(result, spec, record, files, submitted, note, api, outcome_note)
+
+
+def outcome_reporting(
+    settings: Settings, config: ReleaseConfig, release_id: str
+) -> tuple[OutcomeHook | None, str, str]:
+    """(the hook the pipeline reports with, the ledger's tag for it, a note for humans)."""
+    mark = f"mark it: `bentoship releases mark {release_id[:12]} --status promoted|rolled-back|failed`"
+    if not settings.webhook_secret:
+        return None, "none: BENTOSHIP_WEBHOOK_SECRET was not set at render time", (
+            "the pipeline reports no outcome (BENTOSHIP_WEBHOOK_SECRET, the webhook receiver's "
+            f"secret, was not set when it was rendered); {mark}")
+    if config.outcome_url is None:
+        return None, "none: [release] outcome_url is not set", (
+            "the pipeline reports no outcome ([release] outcome_url, where Spinnaker reaches "
+            f"`bentoship ci webhook`'s /outcome, is not set); {mark}")
+    return (outcome_hook(settings.webhook_secret, config.outcome_url, release_id),
+            f"webhook {config.outcome_url}",
+            f"the pipeline reports its outcome to {config.outcome_url}")
 

@@ -8,15 +8,31 @@ release files, the OpenAPI spec (`openapi.json`) and its diff against production
 was planned, `none` for a first release) and whether a dirty work tree was allowed
 (`allow_dirty`). The release id is the run id; any unique prefix of it works too.
 
+A release's status says how far it got. It is recorded `handed-off` (its files written, and
+submitted with `--submit`), or `rendered` / `rehearsal_failed` (not handed off); the pipeline
+(or someone, `bentoship releases mark`) then reports what became of it, `mark_release`:
+
+    handed-off ──▶ promoted ──▶ rolled-back      (a later rollback replaced it)
+         ├───────▶ rolled-back                   (it reached production and was undone)
+         └───────▶ failed                        (it never reached production)
+
+Every other change is refused (BadTransition); marking a release with the status it has
+changes nothing (the outcome webhook may be delivered twice). Each change is kept in the tag
+`bentoship.outcome_history` (a JSON list of from, to, at, by, reason); `bentoship.outcome_at`,
+`outcome_by` and `outcome_reason` hold the latest. Runs recorded before outcomes existed carry
+the status `succeeded`, read as `handed-off` (`_LEGACY_STATUSES`, the one place).
+
 `check_production` is the check at record time: production must still be the release this one
 was planned against, so the ledger never records two successors of one release (the release
 lease, pipeline/release/lease.py, keeps two releases of a service from running at once).
 
 The flows (pipeline/flows/) ask it every question about earlier releases: production is the
-newest succeeded release of the service (`latest_successful`); the release a rollback goes
-back to is `choose_previous` over the succeeded ones (`succeeded_releases`,
-`previous_successful`); `only_service` and `find_succeeded` find the service and the release of
-an image or tag.
+newest **promoted** release of the service (`latest_successful`; "successful" means promoted
+throughout); the release a rollback goes back to is `choose_previous` over the promoted ones
+(`succeeded_releases`, `previous_successful`); `only_service` and `find_succeeded` find the
+service and the release of an image or tag. While a service has no promoted release but one
+still awaits its outcome, production is unknown: `latest_successful` raises ReleaseError
+rather than let the next release deploy straight to production as if it were the first.
 
 Works against any tracking URI: the embedded SQLite store or an `mlflow server`.
 """
@@ -29,7 +45,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import ConfigError, ReleaseConflict, ReleaseError, map_exceptions
+from pipeline.errors import (
+    BadTransition,
+    ConfigError,
+    ReleaseConflict,
+    ReleaseError,
+    ReleaseNotFound,
+    map_exceptions,
+)
 from pipeline.release.spec import KINDS, ReleaseSpec
 
 if TYPE_CHECKING:
@@ -37,7 +60,13 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
 
 EXPERIMENT = "bentoship-releases"
-STATUSES = ("succeeded", "failed", "rendered")
+HANDED_OFF = "handed-off"
+PROMOTED = "promoted"
+STATUSES = (HANDED_OFF, PROMOTED, "rolled-back", "failed", "rendered", "rehearsal_failed")
+# What a release's pipeline reports when it ends (pipeline/release/outcome.py).
+OUTCOMES = (PROMOTED, "rolled-back", "failed")
+TRANSITIONS: dict[str, tuple[str, ...]] = {HANDED_OFF: OUTCOMES, PROMOTED: ("rolled-back",)}
+_LEGACY_STATUSES = {"succeeded": HANDED_OFF}  # before outcomes, "succeeded" meant handed off
 # What the API guard decided (pipeline/release/handoff.py): no change a caller can notice (or no
 # production release to compare with), compatible changes only, a breaking change allowed
 # explicitly, or production recorded no spec to compare with.
@@ -67,6 +96,10 @@ class ReleaseRecord:
     predecessor: str = ""  # the production release it replaced; "none" first; "" older records
     allow_dirty: str = ""  # "true" / "false" when a release from a work tree recorded it
     trusted_types: str = ""  # skops types its build trusted by name, comma-separated
+    outcome_reporting: str = ""  # "webhook <url>", or why the pipeline reports no outcome
+    outcome_at: str = ""  # when its status last changed after it was recorded (ISO 8601)
+    outcome_by: str = ""  # who or what changed it (a user@host, the pipeline's webhook)
+    outcome_reason: str = ""
 
     @property
     def short_id(self) -> str:
@@ -89,7 +122,7 @@ def record_release(
     client: MlflowClient,
     spec: ReleaseSpec,
     rendered_files: Mapping[str, Path],
-    status: str = "succeeded",
+    status: str = HANDED_OFF,
     *,
     artifact_root: Path | None = None,
     api_change: str | None = None,
@@ -97,6 +130,8 @@ def record_release(
     predecessor: str | None = None,
     allow_dirty: bool | None = None,
     trusted_types: Sequence[str] = (),
+    run_id: str | None = None,
+    outcome_reporting: str = "",
 ) -> ReleaseRecord:
     """Record a pushed and rendered release as one finished run; return it as read back.
 
@@ -106,8 +141,10 @@ def record_release(
     `bentoship.api_change` and the param `api_change`; `api_diff` is logged as
     `openapi-diff.json`. `predecessor` is the release id of the production this release
     replaces (None: a first release); `allow_dirty`, when given, whether the release was allowed
-    to come from a dirty work tree. If logging fails half-way the run is deleted again and
-    ReleaseError raised.
+    to come from a dirty work tree. `run_id` is the run `open_release` made for it (its id is
+    in the rendered pipeline), None to make one now. `outcome_reporting` says how its outcome
+    will be known (the tag `bentoship.outcome_reporting`). If logging fails half-way the run
+    is deleted again and ReleaseError raised.
     """
     from mlflow.entities import Param, RunTag
     from mlflow.exceptions import MlflowException
@@ -120,8 +157,6 @@ def record_release(
     if missing:
         raise ReleaseError(f"cannot record the release: rendered files are missing: {missing}")
 
-    experiment_id = _experiment_id(client, create=True, artifact_root=artifact_root)
-    assert experiment_id is not None
     tags = {
         f"{_TAG}name": spec.name,
         f"{_TAG}kind": spec.kind,
@@ -140,6 +175,7 @@ def record_release(
         f"{_TAG}predecessor": predecessor or "none",
         **({f"{_TAG}allow_dirty": str(allow_dirty).lower()} if allow_dirty is not None else {}),
         **({f"{_TAG}trusted_types": ",".join(trusted_types)} if trusted_types else {}),
+        **({f"{_TAG}outcome_reporting": outcome_reporting} if outcome_reporting else {}),
     }
     params = {
         "name": spec.name,
@@ -159,11 +195,8 @@ def record_release(
         **({"allow_dirty": str(allow_dirty).lower()} if allow_dirty is not None else {}),
         **({"trusted_types": ",".join(trusted_types)} if trusted_types else {}),
     }
-    with map_exceptions({"mlflow": (
-        ReleaseError, lambda exc: f"cannot record the release in {client.tracking_uri}: {exc}"
-    )}):
-        run = client.create_run(experiment_id, run_name=f"{spec.name}:{spec.image_tag}")
-    run_id = run.info.run_id
+    if run_id is None:
+        run_id = open_release(client, spec, artifact_root=artifact_root)
     try:
         client.log_batch(
             run_id,
@@ -179,7 +212,7 @@ def record_release(
             client.log_dict(run_id, dict(spec.openapi), OPENAPI_ARTIFACT)
         if api_diff is not None:
             client.log_dict(run_id, dict(api_diff), "openapi-diff.json")
-        client.set_terminated(run_id, status="FAILED" if status == "failed" else "FINISHED")
+        client.set_terminated(run_id, status="FAILED" if "failed" in status else "FINISHED")
     except (MlflowException, OSError) as exc:
         client.delete_run(run_id)
         raise ReleaseError(
@@ -187,6 +220,153 @@ def record_release(
             f"rolled back: {exc}"
         ) from exc
     return _record(client.get_run(run_id))
+
+
+@dataclass(frozen=True)
+class Marked:
+    """What `mark_release` did: the release as read back, and whether its status changed."""
+
+    record: ReleaseRecord
+    changed: bool
+    previous: str  # the status it had
+    also: tuple[ReleaseRecord, ...] = ()  # releases marked rolled-back because of this one
+
+
+def mark_release(
+    client: MlflowClient,
+    release_id: str,
+    status: str,
+    *,
+    by: str,
+    reason: str = "",
+    now: datetime | None = None,
+) -> Marked:
+    """Record what became of a release: `status` must follow its current one (TRANSITIONS).
+
+    `release_id` is a run id or unique prefix (ReleaseNotFound otherwise). The same status again
+    changes nothing (`changed` False): outcomes may be reported twice. Any other change not in
+    TRANSITIONS is BadTransition. `by` says who or what marked it, `reason` why; both are kept
+    with the time in the release's outcome history. A promoted rollback marks the release it
+    replaced (its predecessor, when that one is promoted) rolled-back.
+    """
+    if status not in STATUSES:
+        raise ConfigError(f"status {status!r} is not one of {', '.join(STATUSES)}")
+    with map_exceptions({"mlflow": (
+        ReleaseError, lambda exc: f"cannot mark release {release_id} in {client.tracking_uri}: "
+        f"{exc}"
+    )}):
+        record = get_release(client, release_id)
+        if record.status == status:
+            return Marked(record, False, record.status)
+        allowed = TRANSITIONS.get(record.status, ())
+        if status not in allowed:
+            raise BadTransition(
+                f"release {record.short_id} is {record.status or 'without a status'}; it cannot "
+                f"be marked {status}: "
+                + (f"from {record.status} only {' or '.join(allowed)}" if allowed else
+                   f"{record.status or 'such a release'} is final")
+                + ". Allowed: handed-off -> promoted, rolled-back or failed; promoted -> "
+                "rolled-back."
+            )
+        _set_status(client, record, status, by=by, reason=reason, now=now)
+        also: list[ReleaseRecord] = []
+        if status == PROMOTED and record.kind == "rollback" and record.predecessor not in ("",
+                                                                                           "none"):
+            try:
+                replaced = get_release(client, record.predecessor)
+            except ReleaseNotFound:
+                replaced = None
+            if replaced is not None and replaced.status == PROMOTED:
+                _set_status(client, replaced, "rolled-back", by=by, now=now,
+                            reason=f"rollback release {record.short_id} replaced it in production")
+                also.append(get_release(client, replaced.release_id))
+        return Marked(get_release(client, record.release_id), True, record.status, tuple(also))
+
+
+def _set_status(
+    client: MlflowClient,
+    record: ReleaseRecord,
+    status: str,
+    *,
+    by: str,
+    reason: str,
+    now: datetime | None,
+) -> None:
+    import json
+
+    from mlflow.entities import RunTag
+
+    at = (now or datetime.now(UTC)).isoformat(timespec="seconds")
+    run = client.get_run(record.release_id)
+    try:
+        history = json.loads(run.data.tags.get(f"{_TAG}outcome_history", "[]"))
+    except ValueError:
+        history = []
+    history = [*history, {"from": record.status, "to": status, "at": at, "by": by,
+                          "reason": reason}]
+    tags = {
+        f"{_TAG}status": status,
+        f"{_TAG}outcome_at": at,
+        f"{_TAG}outcome_by": by,
+        f"{_TAG}outcome_reason": reason,
+        # MLflow limits a tag value to 8,000 characters: keep the newest changes that fit.
+        f"{_TAG}outcome_history": _fitting(history, 8000),
+    }
+    # One call: the status and its history change together or not at all.
+    client.log_batch(record.release_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    if status == "failed":
+        client.set_terminated(record.release_id, status="FAILED")
+
+
+def _fitting(history: list[dict[str, str]], limit: int) -> str:
+    import json
+
+    while True:
+        text = json.dumps(history, separators=(",", ":"))
+        if len(text) <= limit or len(history) <= 1:
+            return text[:limit]
+        history = history[1:]
+
+
+def outcome_history(client: MlflowClient, release_id: str) -> list[dict[str, str]]:
+    """Every status change recorded for a release after it was recorded, oldest first."""
+    import json
+
+    run = client.get_run(release_id)
+    try:
+        history = json.loads(run.data.tags.get(f"{_TAG}outcome_history", "[]"))
+    except ValueError:
+        return []
+    return [h for h in history if isinstance(h, dict)] if isinstance(history, list) else []
+
+
+def open_release(
+    client: MlflowClient, spec: ReleaseSpec, *, artifact_root: Path | None = None
+) -> str:
+    """Make the run a release will be recorded in and return its id, the release id.
+
+    The run has no status until `record_release(..., run_id=...)` fills it in (it lists as
+    `recording`, and is never production); `discard_release` deletes it when the release
+    stops before that.
+    """
+    with map_exceptions({"mlflow": (
+        ReleaseError, lambda exc: f"cannot record the release in {client.tracking_uri}: {exc}"
+    )}):
+        experiment_id = _experiment_id(client, create=True, artifact_root=artifact_root)
+        assert experiment_id is not None
+        run = client.create_run(experiment_id, run_name=f"{spec.name}:{spec.image_tag}",
+                                tags={f"{_TAG}name": spec.name})
+    return str(run.info.run_id)
+
+
+def discard_release(client: MlflowClient, run_id: str) -> None:
+    """Delete a run `open_release` made for a release that was not recorded after all."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.delete_run(run_id)
+    except MlflowException:
+        pass  # the error that stopped the release is the one to report; the run lists as recording
 
 
 def check_production(client: MlflowClient, name: str, expected: ReleaseRecord | None) -> None:
@@ -228,17 +408,17 @@ def get_release(client: MlflowClient, release_id: str) -> ReleaseRecord:
     wanted = release_id.strip().lower()
     experiment_id = _experiment_id(client)
     if not wanted or experiment_id is None:
-        raise ReleaseError(
+        raise ReleaseNotFound(
             f"no release {release_id!r}: no releases are recorded in {client.tracking_uri}"
         )
     runs = list(_runs(client, experiment_id))
     if not runs:
-        raise ReleaseError(
+        raise ReleaseNotFound(
             f"no release {release_id!r}: no releases are recorded in {client.tracking_uri}"
         )
     matches = [run for run in runs if run.info.run_id.startswith(wanted)]
     if not matches:
-        raise ReleaseError(
+        raise ReleaseNotFound(
             f"no release with id {release_id!r} in experiment {EXPERIMENT!r} at "
             f"{client.tracking_uri}; `bentoship releases list` shows the recorded ids"
         )
@@ -286,12 +466,38 @@ def release_openapi(client: MlflowClient, release_id: str) -> dict[str, Any] | N
 def latest_successful(
     client: MlflowClient, *, kinds: Sequence[str] = KINDS, name: str | None = None
 ) -> ReleaseRecord | None:
-    """The newest succeeded release of one of `kinds` (e.g. the models a hotfix reuses)."""
-    return next(_successful(client, kinds=kinds, name=name), None)
+    """Production: the newest promoted release of one of `kinds` (of `name` when given).
+
+    None when the service has no release yet (or none of `kinds`). ReleaseError when it has
+    no promoted release but one that awaits its outcome: production is unknown then, and the
+    next release must not go straight to production as if it were the first.
+    """
+    found = next(_successful(client, kinds=kinds, name=name), None)
+    if found is None and name is not None:
+        waiting = _pending(client, name)
+        if waiting is not None:
+            raise ReleaseError(
+                f"production of {name} is unknown: no release of it is promoted, and release "
+                f"{waiting.short_id} ({waiting.image}) was handed off on "
+                f"{waiting.created:%Y-%m-%d %H:%M} UTC without its outcome being reported. Once "
+                f"its pipeline has run, say what became of it: `bentoship releases mark "
+                f"{waiting.short_id} --status promoted` (or rolled-back, failed)."
+            )
+    return found
+
+
+def _pending(client: MlflowClient, name: str) -> ReleaseRecord | None:
+    """The newest release of `name` still handed off, awaiting its outcome."""
+    experiment_id = _experiment_id(client)
+    if experiment_id is None:
+        return None
+    filter_string = f"tags.`{_TAG}name` = '{name}'"
+    return next((r for r in map(_record, _runs(client, experiment_id, filter_string))
+                 if r.status == HANDED_OFF), None)
 
 
 def succeeded_releases(client: MlflowClient, *, name: str | None = None) -> list[ReleaseRecord]:
-    """Every succeeded release (of one service when named), newest first."""
+    """Every promoted release (of one service when named), newest first."""
     return list(_successful(client, kinds=KINDS, name=name))
 
 
@@ -302,7 +508,7 @@ def find_succeeded(
     image: str | None = None,
     image_tag: str | None = None,
 ) -> ReleaseRecord | None:
-    """The newest succeeded release (of one service when named) of this image and/or tag."""
+    """The newest promoted release (of one service when named) of this image and/or tag."""
     return next(
         (
             record
@@ -315,18 +521,19 @@ def find_succeeded(
 
 
 def only_service(client: MlflowClient, name: str | None, what: str) -> str:
-    """`name`, or the one service the ledger has succeeded releases of.
+    """`name`, or the one service the ledger has promoted releases of.
 
     `what` is the action asked for ("roll back", "hotfix"), for the messages: ReleaseError when
-    the ledger has no succeeded release, ConfigError when it has releases of several services.
+    the ledger has no promoted release, ConfigError when it has releases of several services.
     """
     if name is not None:
         return name
     names = sorted({r.name for r in _successful(client, kinds=KINDS, name=None)})
     if not names:
         raise ReleaseError(
-            f"nothing to {what}: the ledger at {client.tracking_uri} has no successful release "
-            "(`bentoship releases list` shows what is recorded)"
+            f"nothing to {what}: the ledger at {client.tracking_uri} has no promoted release "
+            "(`bentoship releases list` shows what is recorded; `bentoship releases mark ID "
+            "--status promoted` records a release production runs)"
         )
     if len(names) > 1:
         raise ConfigError(
@@ -337,7 +544,7 @@ def only_service(client: MlflowClient, name: str | None, what: str) -> str:
 
 
 def choose_previous(records: Sequence[ReleaseRecord]) -> ReleaseRecord | None:
-    """The release to go back to; `records` are one service's succeeded releases, newest first.
+    """The release to go back to; `records` are one service's promoted releases, newest first.
 
     The newest one is production. Going back means the newest older release whose image differs
     from production's and that no rollback moved away from (a rollback's baseline is the image
@@ -358,8 +565,8 @@ def previous_successful(
 ) -> ReleaseRecord | None:
     """The release a rollback from `release_id` (default: production) goes back to.
 
-    `choose_previous` over that release followed by the succeeded releases of its service that
-    are older than it; production is the newest succeeded release (of `name` when given).
+    `choose_previous` over that release followed by the promoted releases of its service that
+    are older than it; production is the newest promoted release (of `name` when given).
     """
     reference = (
         get_release(client, release_id) if release_id else latest_successful(client, name=name)
@@ -385,7 +592,7 @@ def _successful(
     experiment_id = _experiment_id(client)
     if experiment_id is None:
         return
-    filter_string = f"tags.`{_TAG}status` = 'succeeded'"
+    filter_string = f"tags.`{_TAG}status` = '{PROMOTED}'"
     if name:
         filter_string += f" and tags.`{_TAG}name` = '{name}'"
     for run in _runs(client, experiment_id, filter_string):
@@ -440,7 +647,8 @@ def _record(run: Run) -> ReleaseRecord:
         created=datetime.fromtimestamp(run.info.start_time / 1000, tz=UTC),
         name=tags.get(f"{_TAG}name", ""),
         kind=tags.get(f"{_TAG}kind", ""),
-        status=tags.get(f"{_TAG}status", ""),
+        status=_status(tags.get(f"{_TAG}status", "")) or (
+            "recording" if run.info.status == "RUNNING" else ""),
         mode=tags.get(f"{_TAG}mode", ""),
         image=tags.get(f"{_TAG}image", ""),
         image_tag=tags.get(f"{_TAG}image.tag", ""),
@@ -452,4 +660,12 @@ def _record(run: Run) -> ReleaseRecord:
         predecessor=tags.get(f"{_TAG}predecessor", ""),
         allow_dirty=tags.get(f"{_TAG}allow_dirty", ""),
         trusted_types=tags.get(f"{_TAG}trusted_types", ""),
+        outcome_reporting=tags.get(f"{_TAG}outcome_reporting", ""),
+        outcome_at=tags.get(f"{_TAG}outcome_at", ""),
+        outcome_by=tags.get(f"{_TAG}outcome_by", ""),
+        outcome_reason=tags.get(f"{_TAG}outcome_reason", ""),
     )
+
+
+def _status(recorded: str) -> str:
+    return _LEGACY_STATUSES.get(recorded, recorded)

@@ -4,6 +4,19 @@ A canary release runs baseline (production digest) and canary (new digest) side 
 the production Service, lets Kayenta compare them, promotes on a pass and cleans up either way.
 A first release (no production digest yet) and a rollback (`skip_canary`) deploy straight to
 production. spinnaker/README.md explains the stages and the failure path.
+
+Every deploy, promotion and undo stage has a timeout (`[release] stage_timeout_minutes`); each
+deploy and promotion continues on failure, so the undo, the clean-up, the outcome report and
+the verdict still run. With an `OutcomeHook` (pipeline/release/outcome.py) the stage before the
+verdict, `Report outcome`, posts promoted, rolled-back or failed to the webhook receiver.
+
+Cancellation (read in Orca's source, spinnaker/orca 2025-04, orca-queue `CancelStageHandler`,
+`CompleteStageHandler`, `StartStageHandler`): cancelling an execution cancels the running stage
+and starts no further stage, and only stages that implement `CancellableStage` (run job,
+pipeline, script, Kayenta's canary pipeline) get a `cancel()` call; `deployManifest` and
+`deleteManifest` do not. So no stage of this pipeline can clean up after a cancel: a cancelled
+canary leaves the canary and baseline Deployments running and reports no outcome;
+spinnaker/README.md says what to run then.
 """
 
 from __future__ import annotations
@@ -13,6 +26,7 @@ from typing import Any
 from pipeline.config import ReleaseConfig
 from pipeline.release.kayenta import canary_config_id, stage_scopes
 from pipeline.release.kubernetes import deployment, production_manifests
+from pipeline.release.outcome import SIGNATURE_HEADER, OutcomeHook
 from pipeline.release.spec import ReleaseSpec
 
 STAGE_BASELINE = "Deploy baseline"
@@ -24,6 +38,9 @@ STAGE_DELETE_CANARY = "Delete canary"
 STAGE_DELETE_BASELINE = "Delete baseline"
 STAGE_VERDICT = "Verdict"
 STAGE_DEPLOY = "Deploy production"
+STAGE_OUTCOME = "Report outcome"
+# Compared as text: a parameter may arrive as a string or, from some triggers, a boolean.
+PROMOTE = "parameters['promote'].toString() == 'true'"
 
 
 def _status_is(stage_name: str, status: str) -> str:
@@ -50,7 +67,12 @@ def _deploy_stage(
             "enabled": False,
             "options": {"enableTraffic": False, "services": []},
         },
+        **_timeout(config),
     }
+
+
+def _timeout(config: ReleaseConfig) -> dict[str, Any]:
+    return {"overrideTimeout": True, "stageTimeoutMs": config.stage_timeout_minutes * 60_000}
 
 
 def _manifest_stage(
@@ -91,8 +113,49 @@ def _undo_stage(
             "type": "expression",
             "expression": _status_is(rollout, "FAILED_CONTINUE"),
         },
+        **_timeout(config),
         **_CONTINUE_ON_FAILURE,
     }
+
+
+def _outcome_expression(rollout: str, undo: str | None) -> str:
+    """SpEL for what became of the release: `rollout` is the stage that changes production."""
+    if undo is None:
+        return f"{_status_is(rollout, 'SUCCEEDED')} ? 'promoted' : 'failed'"
+    return (
+        f"{_status_is(rollout, 'SUCCEEDED')} ? 'promoted' : "
+        f"(({_status_is(rollout, 'FAILED_CONTINUE')} and {_status_is(undo, 'SUCCEEDED')}) ? "
+        "'rolled-back' : 'failed')"
+    )
+
+
+def _outcome_stage(
+    ref: str, after: list[str], hook: OutcomeHook, outcome: str, enabled: str | None = None
+) -> dict[str, Any]:
+    """Post the outcome, signed at render time; its own failure does not change the verdict."""
+    signature = "''"  # one signature per outcome, chosen by the outcome's own expression
+    for name, value in reversed(list(hook.signatures.items())):
+        signature = f"({outcome}) == '{name}' ? '{value}' : ({signature})"
+    stage: dict[str, Any] = {
+        "refId": ref,
+        "requisiteStageRefIds": after,
+        "type": "webhook",
+        "name": STAGE_OUTCOME,
+        "method": "POST",
+        "url": hook.url,
+        "customHeaders": {"Content-Type": "application/json",
+                          SIGNATURE_HEADER: "${" + signature + "}"},
+        "payload": {
+            "release_id": hook.release_id,
+            "outcome": "${" + outcome + "}",
+            "execution_id": "${execution.id}",
+        },
+        "waitForCompletion": False,
+        **_CONTINUE_ON_FAILURE,
+    }
+    if enabled is not None:
+        stage["stageEnabled"] = {"type": "expression", "expression": enabled}
+    return stage
 
 
 def _verdict(ref: str, after: list[str], checks: list[tuple[str, str]]) -> dict[str, Any]:
@@ -112,9 +175,11 @@ def _verdict(ref: str, after: list[str], checks: list[tuple[str, str]]) -> dict[
     }
 
 
-def _canary_stages(spec: ReleaseSpec, config: ReleaseConfig) -> list[dict[str, Any]]:
+def _canary_stages(
+    spec: ReleaseSpec, config: ReleaseConfig, hook: OutcomeHook | None
+) -> list[dict[str, Any]]:
     c = config.canary
-    promote_if = f"parameters['promote'] == 'true' and {_status_is(STAGE_ANALYSIS, 'SUCCEEDED')}"
+    promote_if = f"{PROMOTE} and {_status_is(STAGE_ANALYSIS, 'SUCCEEDED')}"
     analysis = {
         "refId": "3",
         "requisiteStageRefIds": ["1", "2"],
@@ -169,9 +234,13 @@ def _canary_stages(spec: ReleaseSpec, config: ReleaseConfig) -> list[dict[str, A
             ),
             **_CONTINUE_ON_FAILURE,
         },
+        # promote=false is a dry run: nothing to report, the release stays handed-off.
+        *([_outcome_stage("9", ["6", "7"], hook,
+                          _outcome_expression(STAGE_PROMOTE, STAGE_UNDO), enabled=PROMOTE)]
+          if hook else []),
         _verdict(
             "8",
-            ["6", "7"],
+            ["9"] if hook else ["6", "7"],
             [
                 (
                     _status_is(STAGE_ANALYSIS, "SUCCEEDED"),
@@ -181,7 +250,7 @@ def _canary_stages(spec: ReleaseSpec, config: ReleaseConfig) -> list[dict[str, A
                     ),
                 ),
                 (
-                    f"parameters['promote'] != 'true' or {_status_is(STAGE_PROMOTE, 'SUCCEEDED')}",
+                    f"!({PROMOTE}) or {_status_is(STAGE_PROMOTE, 'SUCCEEDED')}",
                     f"promoting {spec.image} to production failed; its rollout was undone",
                 ),
             ],
@@ -189,16 +258,27 @@ def _canary_stages(spec: ReleaseSpec, config: ReleaseConfig) -> list[dict[str, A
     ]
 
 
-def _direct_stages(spec: ReleaseSpec, config: ReleaseConfig) -> list[dict[str, Any]]:
+def _direct_stages(
+    spec: ReleaseSpec, config: ReleaseConfig, hook: OutcomeHook | None
+) -> list[dict[str, Any]]:
     deploy = _deploy_stage("1", [], STAGE_DEPLOY, config, production_manifests(spec, config))
-    if spec.baseline_digest is None:
-        return [deploy]  # a first release has no earlier revision to undo to
+    if spec.baseline_digest is None:  # a first release has no earlier revision to undo to
+        if hook is None:
+            return [deploy]
+        return [
+            {**deploy, **_CONTINUE_ON_FAILURE},
+            _outcome_stage("2", ["1"], hook, _outcome_expression(STAGE_DEPLOY, None)),
+            _verdict("3", ["2"], [(_status_is(STAGE_DEPLOY, "SUCCEEDED"),
+                                   f"deploying {spec.image} failed")]),
+        ]
     return [
         {**deploy, **_CONTINUE_ON_FAILURE},
         _undo_stage("2", ["1"], spec, config, STAGE_DEPLOY),
+        *([_outcome_stage("4", ["2"], hook, _outcome_expression(STAGE_DEPLOY, STAGE_UNDO))]
+          if hook else []),
         _verdict(
             "3",
-            ["2"],
+            ["4"] if hook else ["2"],
             [
                 (
                     _status_is(STAGE_DEPLOY, "SUCCEEDED"),
@@ -209,7 +289,16 @@ def _direct_stages(spec: ReleaseSpec, config: ReleaseConfig) -> list[dict[str, A
     ]
 
 
-def _description(spec: ReleaseSpec) -> str:
+def _description(spec: ReleaseSpec, hook: OutcomeHook | None) -> str:
+    report = (
+        f" The outcome (promoted, rolled-back or failed) is reported to {hook.url} for release "
+        f"{hook.release_id}." if hook else
+        " It reports no outcome: mark it with `bentoship releases mark RELEASE_ID --status ...`."
+    )
+    return _plan(spec) + report
+
+
+def _plan(spec: ReleaseSpec) -> str:
     models = ", ".join(
         f"{variant}={m['name']}/{m['version']}"
         for variant, m in sorted(spec.model_versions.items())
@@ -232,8 +321,10 @@ def _description(spec: ReleaseSpec) -> str:
     )
 
 
-def pipeline(spec: ReleaseSpec, config: ReleaseConfig) -> dict[str, Any]:
-    """The pipeline document `spin pipeline save --file` accepts."""
+def pipeline(
+    spec: ReleaseSpec, config: ReleaseConfig, hook: OutcomeHook | None = None
+) -> dict[str, Any]:
+    """The pipeline document `spin pipeline save --file` accepts; `hook`: report the outcome."""
     canary = spec.mode == "canary"
     parameters = []
     if canary:
@@ -252,7 +343,7 @@ def pipeline(spec: ReleaseSpec, config: ReleaseConfig) -> dict[str, Any]:
     return {
         "application": config.application,
         "name": config.pipeline_name(spec.name),
-        "description": _description(spec),
+        "description": _description(spec, hook),
         "keepWaitingPipelines": False,
         "limitConcurrent": True,
         "parameterConfig": parameters,
@@ -278,5 +369,6 @@ def pipeline(spec: ReleaseSpec, config: ReleaseConfig) -> dict[str, Any]:
             }
         ],
         "triggers": [],
-        "stages": _canary_stages(spec, config) if canary else _direct_stages(spec, config),
+        "stages": (_canary_stages(spec, config, hook) if canary
+                   else _direct_stages(spec, config, hook)),
     }

@@ -118,6 +118,10 @@ class Story:
     def releases(self) -> list[ledger.ReleaseRecord]:
         return ledger.list_releases(self.client, name=MODEL)
 
+    def promote(self, record: ledger.ReleaseRecord) -> None:
+        """What the release's pipeline reports once its canary passed (or its deploy)."""
+        ledger.mark_release(self.client, record.release_id, "promoted", by="e2e: the pipeline")
+
     def commit(self, path: str, text: str, message: str) -> str:
         target = self.origin / path
         target.write_text(target.read_text() + text)
@@ -170,6 +174,7 @@ def test_train_release_webhook_hotfix_rollback(story: Story, docker_client: Any)
     assert answer["action"] == "released"
     [r1] = story.releases()
     assert (r1.kind, r1.mode, r1.baseline) == ("model", "direct", None)
+    story.promote(r1)  # its pipeline ran and deployed it: production now
     assert r1.image == answer["release"]["image"]
     labels1 = labels_of(r1)
     assert models(labels1) == {"control": "1"}
@@ -195,6 +200,7 @@ def test_train_release_webhook_hotfix_rollback(story: Story, docker_client: Any)
         assert receiver.counts() == {"accepted": 1, "released": 1}
         story.client.delete_webhook(hook.webhook_id)
     assert (r2.kind, r2.mode, r2.baseline) == ("model", "canary", r1.image)
+    story.promote(r2)
     labels2 = labels_of(r2)
     assert models(labels2) == {"control": "1", "treatment": "2"}
     assert labels2["io.bentoship.weights"] == "control=90,treatment=10"
@@ -218,6 +224,7 @@ def test_train_release_webhook_hotfix_rollback(story: Story, docker_client: Any)
     assert answer["action"] == "released"
     r3 = story.releases()[0]
     assert (r3.kind, r3.mode, r3.baseline) == ("hotfix", "canary", r2.image)
+    story.promote(r3)
     assert r3.model_versions == r2.model_versions
     assert r3.code_version == sha[:7] != r2.code_version
     labels3 = labels_of(r3)
@@ -236,7 +243,7 @@ def test_train_release_webhook_hotfix_rollback(story: Story, docker_client: Any)
     _, answer = story.run_step("rollback", "rollback", ROLLBACK_TO="")
     assert answer["recorded"] is True
     r4 = story.releases()[0]
-    assert (r4.kind, r4.mode, r4.status) == ("rollback", "direct", "succeeded")
+    assert (r4.kind, r4.mode, r4.status) == ("rollback", "direct", "handed-off")
     assert r4.image == r2.image and r4.baseline == r3.image
     assert r4.model_versions == r2.model_versions and r4.code_version == r2.code_version
     assert labels_of(r4) == labels2

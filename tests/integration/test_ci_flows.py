@@ -112,11 +112,13 @@ class ReceiverProcess:
 
 
 @contextmanager
-def webhook_receiver(cwd: Path, env: dict[str, str], out: Path, log: Path) -> Iterator[ReceiverProcess]:
-    """`bentoship ci webhook` as its own process on a free loopback port."""
-    port = free_port()
+def webhook_receiver(cwd: Path, env: dict[str, str], out: Path, log: Path, *,
+                     port: int | None = None,
+                     config: Path | None = None) -> Iterator[ReceiverProcess]:
+    """`bentoship ci webhook` as its own process on a (free) loopback port."""
+    port = port or free_port()
     command = [sys.executable, "-m", "pipeline", "ci", "webhook", "--port", str(port),
-               "--out", str(out)]
+               "--out", str(out), *(["--config", str(config)] if config else [])]
     with log.open("wb") as sink:
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=sink,
                                    stderr=subprocess.STDOUT, start_new_session=True)
@@ -224,7 +226,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, docker_client: Any,
         demo.train(url, name="ci-staging")  # versions 1 (scikit-learn) and 2 (XGBoost)
         home, out = root / "home", root / "out"
         env = bentoship_env(home, url)
-        with webhook_receiver(ROOT, env, out, root / "receiver.log") as receiver:
+        # The releases' pipelines report their outcome to this receiver's /outcome.
+        port = free_port()
+        config = root / "bentoship.toml"
+        config.write_text(f'[release]\noutcome_url = "http://127.0.0.1:{port}/outcome"\n')
+        with webhook_receiver(ROOT, env, out, root / "receiver.log", port=port,
+                              config=config) as receiver:
             yield Stack(url, MlflowClient(url), home, out, receiver)
 
 
@@ -301,7 +308,7 @@ def test_a_new_version_announced_by_mlflow_is_released(
     stack: Stack, released: ledger.ReleaseRecord
 ) -> None:
     # The first release of the service: v2 is its control (v1 was never released).
-    assert (released.kind, released.status, released.mode) == ("model", "succeeded", "direct")
+    assert (released.kind, released.status, released.mode) == ("model", "handed-off", "direct")
     assert released.model_versions["control"]["version"] == "2"
     assert "treatment" not in released.model_versions
     repository, _, digest = released.image.partition("@")
@@ -321,9 +328,35 @@ def test_a_new_version_announced_by_mlflow_is_released(
     assert digest in json.dumps(pipeline_json)
 
 
+def report_outcome(receiver_url: str, pipeline_json: Path, outcome: str) -> tuple[int, Any]:
+    """Post what the pipeline's `Report outcome` stage posts when it ends with `outcome`."""
+    import re
+
+    from pipeline.release.outcome import SIGNATURE_HEADER
+
+    stage = next(s for s in json.loads(pipeline_json.read_text())["stages"]
+                 if s["name"] == "Report outcome")
+    signed = re.search(rf"== '{outcome}' \? '([^']+)'", stage["customHeaders"][SIGNATURE_HEADER])
+    assert signed is not None and stage["url"] == f"{receiver_url}/outcome"
+    body = json.dumps({**stage["payload"], "outcome": outcome,
+                       "execution_id": "01J-ci-flows"}).encode()
+    request = urllib.request.Request(stage["url"], data=body, method="POST", headers={
+        "Content-Type": "application/json", SIGNATURE_HEADER: signed[1]})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
 def test_a_replayed_delivery_is_a_duplicate_and_an_old_version_does_nothing(
     stack: Stack, released: ledger.ReleaseRecord
 ) -> None:
+    # The release's pipeline ran and reported it promoted: it is production now.
+    [folder] = stack.out.iterdir()
+    code, marked = report_outcome(stack.receiver.url, folder / "pipeline.json", "promoted")
+    assert (code, marked["status"], marked["release_id"]) == (200, "marked", released.release_id)
+    assert ledger.get_release(stack.client, released.release_id).status == "promoted"
     body = json.dumps({"entity": "model_version", "action": "created",
                        "timestamp": "2026-01-01T00:00:00+00:00",
                        "data": {"name": MODEL, "version": "2"}}).encode()

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from pipeline.cli import cli
 from pipeline.config import ReleaseConfig
-from pipeline.errors import ReleaseError
+from pipeline.errors import BadTransition, ReleaseError, ReleaseNotFound
 from pipeline.release import ledger
 from pipeline.release.files import render_release
 from pipeline.release.spec import ReleaseSpec
@@ -59,8 +59,9 @@ def spec(
 
 
 def record(
-    client: MlflowClient, tmp_path: Path, s: ReleaseSpec, status: str = "succeeded"
+    client: MlflowClient, tmp_path: Path, s: ReleaseSpec, status: str = "promoted"
 ) -> ledger.ReleaseRecord:
+    """Record a release with `status` (default: promoted, what production is)."""
     files = render_release(s, ReleaseConfig(), tmp_path / f"render-{s.digest[-6:]}")
     return ledger.record_release(client, s, files, status, artifact_root=tmp_path / "artifacts")
 
@@ -118,7 +119,7 @@ def test_a_release_round_trips_with_its_files(client: MlflowClient, tmp_path: Pa
     assert ledger.get_release(client, recorded.release_id) == recorded
     assert ledger.get_release(client, recorded.release_id[:8]) == recorded
     assert recorded.name == "demo-classifier"
-    assert recorded.kind == "model" and recorded.status == "succeeded" and recorded.mode == "canary"
+    assert recorded.kind == "model" and recorded.status == "handed-off" and recorded.mode == "canary"
     assert recorded.image == f"{REPO}@{digest(7)}"
     assert recorded.baseline == f"{REPO}@{digest(6)}"
     assert recorded.image_tag == "ctl-v7.code-1a2b3c4"
@@ -280,3 +281,152 @@ def test_a_release_planned_against_an_older_production_is_not_recorded(
     assert "Nothing was submitted or recorded" in message and "run it again" in message
     with pytest.raises(ReleaseConflict, match="it was no release yet"):
         ledger.check_production(client, "demo-classifier", None)
+
+
+# --- outcomes -------------------------------------------------------------------------------------
+
+
+def test_a_release_is_production_only_once_promoted(client: MlflowClient, tmp_path: Path) -> None:
+    first = record(client, tmp_path, spec(1), status="handed-off")
+    # Handed off but never reported: production is unknown, and a next release must not go
+    # straight to production as if it were the first.
+    with pytest.raises(ReleaseError) as unknown:
+        ledger.latest_successful(client, name="demo-classifier")
+    assert f"release {first.short_id}" in str(unknown.value)
+    assert f"bentoship releases mark {first.short_id} --status promoted" in str(unknown.value)
+
+    done = ledger.mark_release(client, first.release_id[:8], "promoted", by="alice@laptop",
+                               reason="canary passed")
+    assert (done.changed, done.previous, done.record.status) == (True, "handed-off", "promoted")
+    assert ledger.latest_successful(client, name="demo-classifier") == done.record
+
+    # Newer releases that are not promoted are never production, whatever became of them.
+    for n, status in ((2, "handed-off"), (3, "failed"), (4, "rehearsal_failed"), (5, "rendered")):
+        record(client, tmp_path, spec(n, baseline=1), status=status)
+    assert ledger.latest_successful(client, name="demo-classifier") == done.record
+    assert [r.status for r in ledger.list_releases(client)] == [
+        "rendered", "rehearsal_failed", "failed", "handed-off", "promoted"]
+    assert client.get_run(ledger.list_releases(client)[1].release_id).info.status == "FAILED"
+
+
+def test_a_canary_that_failed_is_not_what_rollback_returns_to(
+    client: MlflowClient, tmp_path: Path
+) -> None:
+    one = record(client, tmp_path, spec(1))
+    two = record(client, tmp_path, spec(2, baseline=1), status="handed-off")
+    ledger.mark_release(client, two.release_id, "failed", by="pipeline")
+    three = record(client, tmp_path, spec(3, baseline=1), status="handed-off")
+    ledger.mark_release(client, three.release_id, "promoted", by="pipeline")
+    # Production is three; the one promoted before it is one, not the failed canary two.
+    assert ledger.latest_successful(client, name="demo-classifier").release_id == three.release_id
+    assert ledger.previous_successful(client, name="demo-classifier").release_id == one.release_id
+
+
+def test_only_the_allowed_transitions_are_recorded_with_their_history(
+    client: MlflowClient, tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime
+
+    release = record(client, tmp_path, spec(1), status="handed-off")
+    at = datetime(2026, 5, 4, 3, 2, 1, tzinfo=UTC)
+    ledger.mark_release(client, release.release_id, "promoted", by="spinnaker", now=at)
+    again = ledger.mark_release(client, release.release_id, "promoted", by="someone else")
+    assert again.changed is False  # a retried report changes nothing, not even who marked it
+    with pytest.raises(BadTransition) as refused:
+        ledger.mark_release(client, release.release_id, "failed", by="bob")
+    assert "is promoted; it cannot be marked failed" in str(refused.value)
+    assert "from promoted only rolled-back" in str(refused.value)
+    ledger.mark_release(client, release.release_id, "rolled-back", by="bob", reason="p99 spike")
+    with pytest.raises(BadTransition, match="is rolled-back; it cannot be marked promoted: "
+                                            "rolled-back is final"):
+        ledger.mark_release(client, release.release_id, "promoted", by="replayed webhook")
+
+    shown = ledger.get_release(client, release.release_id)
+    assert (shown.status, shown.outcome_by, shown.outcome_reason) == ("rolled-back", "bob",
+                                                                      "p99 spike")
+    history = ledger.outcome_history(client, release.release_id)
+    assert [(h["from"], h["to"], h["by"]) for h in history] == [
+        ("handed-off", "promoted", "spinnaker"), ("promoted", "rolled-back", "bob")]
+    assert history[0]["at"] == "2026-05-04T03:02:01+00:00"
+    with pytest.raises(ReleaseNotFound, match="no release with id 'feedbeef'"):
+        ledger.mark_release(client, "feedbeef", "promoted", by="x")
+    rendered = record(client, tmp_path, spec(2), status="rendered")
+    with pytest.raises(BadTransition, match="rendered is final"):
+        ledger.mark_release(client, rendered.release_id, "promoted", by="x")
+
+
+def test_releases_recorded_as_succeeded_read_as_handed_off(
+    client: MlflowClient, tmp_path: Path
+) -> None:
+    old = record(client, tmp_path, spec(1), status="handed-off")
+    client.set_tag(old.release_id, "bentoship.status", "succeeded")  # as releases before outcomes
+    assert ledger.get_release(client, old.release_id).status == "handed-off"
+    with pytest.raises(ReleaseError, match="production of demo-classifier is unknown"):
+        ledger.latest_successful(client, name="demo-classifier")
+    marked = ledger.mark_release(client, old.release_id, "promoted", by="migration")
+    assert marked.previous == "handed-off" and marked.record.status == "promoted"
+
+
+def test_a_promoted_rollback_marks_the_release_it_replaced_rolled_back(
+    client: MlflowClient, tmp_path: Path
+) -> None:
+    one = record(client, tmp_path, spec(1))
+    two = record(client, tmp_path, spec(2, baseline=1))
+    files = render_release(spec(1, kind="rollback", baseline=2), ReleaseConfig(), tmp_path / "rb")
+    back = ledger.record_release(client, spec(1, kind="rollback", baseline=2), files,
+                                 artifact_root=tmp_path / "artifacts",
+                                 predecessor=two.release_id)
+    done = ledger.mark_release(client, back.release_id, "promoted", by="pipeline")
+    assert [r.release_id for r in done.also] == [two.release_id]
+    assert ledger.get_release(client, two.release_id).status == "rolled-back"
+    assert ledger.get_release(client, one.release_id).status == "promoted"
+    assert ledger.latest_successful(client, name="demo-classifier").release_id == back.release_id
+
+
+def test_an_opened_release_is_never_production_and_can_be_discarded(
+    client: MlflowClient, tmp_path: Path
+) -> None:
+    one = record(client, tmp_path, spec(1))
+    run_id = ledger.open_release(client, spec(2, baseline=1), artifact_root=tmp_path / "a")
+    assert ledger.get_release(client, run_id).status == "recording"
+    assert ledger.latest_successful(client, name="demo-classifier") == one
+    ledger.discard_release(client, run_id)
+    assert [r.release_id for r in ledger.list_releases(client)] == [one.release_id]
+
+
+def test_cli_marks_a_release_and_explains_what_it_cannot(
+    client: MlflowClient, tracking_uri: str, tmp_path: Path
+) -> None:
+    env = {"MLFLOW_TRACKING_URI": tracking_uri, "BENTOSHIP_HOME": str(tmp_path / "home"),
+           "BENTOSHIP_CI_JOB": "spinnaker run job 42"}
+    runner = CliRunner(env=env)
+    release = record(client, tmp_path, spec(1), status="handed-off")
+
+    helped = runner.invoke(cli, ["releases", "mark", "--help"], catch_exceptions=False)
+    assert helped.exit_code == 0
+    assert "handed-off -> promoted" in helped.output and "promoted   -> rolled-back" in helped.output
+
+    marked = runner.invoke(cli, ["releases", "mark", release.short_id, "--status", "promoted",
+                                 "--reason", "score 97", "-o", "json"], catch_exceptions=False)
+    assert marked.exit_code == 0, marked.output
+    answer = json.loads(marked.stdout)
+    assert (answer["release_id"], answer["previous"], answer["status"], answer["changed"]) == (
+        release.release_id, "handed-off", "promoted", True)
+    assert "(CI job spinnaker run job 42)" in answer["release"]["outcome_by"]
+
+    same = runner.invoke(cli, ["releases", "mark", release.short_id, "--status", "promoted"],
+                         catch_exceptions=False)
+    assert same.exit_code == 0 and "promoted already; nothing changed" in same.stdout
+
+    bad = runner.invoke(cli, ["releases", "mark", release.short_id, "--status", "failed"])
+    assert bad.exit_code == 1
+    assert "is promoted; it cannot be marked failed" in bad.output
+
+    unknown = runner.invoke(cli, ["releases", "mark", "abcdef12", "--status", "failed"])
+    assert unknown.exit_code == 1 and "no release with id 'abcdef12'" in unknown.output
+    usage = runner.invoke(cli, ["releases", "mark", release.short_id, "--status", "succeeded"])
+    assert usage.exit_code == 2 and "'succeeded' is not one of" in usage.output
+
+    shown = runner.invoke(cli, ["releases", "show", release.short_id], catch_exceptions=False)
+    assert "Status    promoted (since " in shown.stdout and "score 97" in shown.stdout
+    assert "History" in shown.stdout and "handed-off -> promoted" in shown.stdout

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.error
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -19,7 +21,7 @@ from pipeline.errors import PushError
 from pipeline.models.registry import client_for
 from pipeline.release import handoff, ledger
 from pipeline.release.kayenta import CANARY_METRIC_NAMES
-from tests.stores import CHECKOUT_DIRTY, store_settings, train_demo
+from tests.stores import ALLOW_DIRTY, CHECKOUT_DIRTY, store_settings, train_demo
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -40,6 +42,9 @@ def two_releases(store: Settings, docker_client, base_image, tmp_path_factory): 
     config = parse_release_config({})
     first = handoff.release(AB, store, config, out / "first", echo=print,
                             allow_dirty=CHECKOUT_DIRTY)
+    # What its pipeline (or someone) reports once it ran: only a promoted release is production.
+    ledger.mark_release(client_for(store.tracking_uri), first.record.release_id, "promoted",
+                        by="test: the first release's pipeline")
     swapped = replace(AB, control="demo-classifier/2", treatment="demo-classifier/1")
     second = handoff.release(swapped, store, config, out / "second", echo=print,
                              allow_dirty=CHECKOUT_DIRTY)
@@ -135,3 +140,66 @@ def test_push_failure_records_nothing(store: Settings, two_releases, tmp_path: P
                         allow_dirty=CHECKOUT_DIRTY)
     assert _ledger_ids(store) == before
     assert not (tmp_path / "out").exists()
+
+
+def test_the_release_id_is_printed_and_its_pipeline_reports_the_outcome_to_the_receiver(
+    store: Settings, two_releases, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    from pipeline.flows.receiver import DeliveryJournal, Receiver, ledger_marker
+    from pipeline.release.outcome import SIGNATURE_HEADER
+
+    secret = "release-flow-secret"
+    receiver = Receiver(secret, DeliveryJournal(tmp_path / "journal.jsonl"),
+                        lambda event: pytest.fail("no delivery is expected"),
+                        mark=ledger_marker(store))
+    config = tmp_path / "bentoship.toml"
+    config.write_text(f'[release]\noutcome_url = "{receiver.url}/outcome"\n')
+    result = CliRunner().invoke(
+        cli,
+        ["release", "--model", "demo-classifier/1", "--treatment", "demo-classifier/2",
+         "--name", "release-flow", "--config", str(config), "--out", str(tmp_path / "out"),
+         "--output", "json", *ALLOW_DIRTY],
+        env={"MLFLOW_TRACKING_URI": store.tracking_uri, "BENTOSHIP_HOME": str(store.home),
+             "BENTOSHIP_WEBHOOK_SECRET": secret},
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)
+    release_id = answer["release_id"]
+    assert answer["release"]["status"] == "handed-off"
+    assert answer["outcome_note"] == f"the pipeline reports its outcome to {receiver.url}/outcome"
+    client = client_for(store.tracking_uri)
+    assert ledger.get_release(client, release_id).outcome_reporting.startswith("webhook ")
+
+    stages = {s["name"]: s for s in json.loads((tmp_path / "out" / "pipeline.json").read_text())
+              ["stages"]}
+    report = stages["Report outcome"]
+    assert report["payload"]["release_id"] == release_id
+    # The signature the stage sends when its outcome expression says "promoted".
+    signed = re.search(r"== 'promoted' \? '([^']+)'", report["customHeaders"][SIGNATURE_HEADER])
+    assert signed is not None
+    body = json.dumps({"release_id": release_id, "outcome": "promoted",
+                       "execution_id": "01HEXAMPLE"}).encode()
+    receiver.start()
+    try:
+        def post(payload: bytes) -> tuple[int, dict[str, Any]]:
+            request = urllib.request.Request(
+                f"{receiver.url}/outcome", data=payload, method="POST",
+                headers={"Content-Type": "application/json", SIGNATURE_HEADER: signed[1]})
+            try:
+                with urllib.request.urlopen(request, timeout=30) as answer:
+                    return answer.status, json.loads(answer.read())
+            except urllib.error.HTTPError as error:
+                return error.code, json.loads(error.read())
+
+        assert post(body) == (200, {"status": "marked", "release_id": release_id,
+                                    "outcome": "promoted", "previous": "handed-off"})
+        assert post(body)[1]["status"] == "duplicate"  # Orca retrying, or a replay
+        forged = body.replace(b'"promoted"', b'"failed"')
+        code, refused = post(forged)
+        assert (code, refused["error"]) == (401, "bad_signature")
+    finally:
+        receiver.stop(timeout_s=30)
+    marked = ledger.get_release(client, release_id)
+    assert marked.status == "promoted" and "01HEXAMPLE" in marked.outcome_by
+    assert ledger.latest_successful(client, name="release-flow") == marked

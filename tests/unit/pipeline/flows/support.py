@@ -29,7 +29,7 @@ def record(n: int, *, kind: str = "model", control: str = "1", treatment: str | 
         created=datetime(2026, 1, 1, tzinfo=UTC) - timedelta(seconds=age_s),
         name="demo-classifier",
         kind=kind,
-        status="succeeded",
+        status="promoted",
         mode="direct",
         image=f"{REPO}@{digest(image if image is not None else n)}",
         image_tag=f"ctl-v{control}.code-1a2b3c4",

@@ -58,9 +58,13 @@ def post(url: str, payload: bytes, *, secret: str = SECRET, delivery_id: str | N
         "X-MLflow-Signature": _generate_hmac_signature(secret, delivery_id, stamp,
                                                        payload.decode()),
     }
-    request = urllib.request.Request(f"{url}/webhook", data=payload, headers=headers)
+    return answer(urllib.request.Request(f"{url}/webhook", data=payload, headers=headers))
+
+
+def answer(request: urllib.request.Request) -> tuple[int, dict[str, Any]]:
+    """The receiver's status code and JSON answer, errors included."""
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
@@ -446,3 +450,59 @@ def test_ci_webhook_refuses_an_empty_queue_as_a_usage_error(tmp_path: Path) -> N
                     BENTOSHIP_WEBHOOK_SECRET=SECRET)
     assert result.exit_code == 2
     assert "--queue-size" in result.output and "0 is not in the range x>=1" in result.output
+
+
+# --- outcome reports ------------------------------------------------------------------------------
+
+
+def post_outcome(url: str, release_id: str, outcome: str, *, signed_as: str | None = None,
+                 secret: str = SECRET) -> tuple[int, dict[str, Any]]:
+    """What a pipeline's `Report outcome` stage posts, signed as rendered."""
+    from pipeline.release.outcome import SIGNATURE_HEADER, signature
+
+    payload = json.dumps({"release_id": release_id, "outcome": outcome,
+                          "execution_id": "01HEXEC"}).encode()
+    headers = {"Content-Type": "application/json",
+               SIGNATURE_HEADER: signature(secret, release_id, signed_as or outcome)}
+    return answer(urllib.request.Request(f"{url}/outcome", data=payload, headers=headers))
+
+
+def test_a_signed_outcome_marks_the_release_in_the_ledger_once(tmp_path: Path) -> None:
+    from pipeline.flows.receiver import ledger_marker
+    from pipeline.models.registry import settings_client
+    from pipeline.release import ledger
+    from pipeline.release.files import render_release
+    from tests.unit.pipeline.release.test_release import demo_spec
+
+    settings = load_settings({"BENTOSHIP_HOME": str(tmp_path / "home"),
+                              "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"})
+    client = settings_client(settings)
+    spec = demo_spec()
+    files = render_release(spec, ReleaseConfig(), tmp_path / "release")
+    release = ledger.record_release(client, spec, files, artifact_root=tmp_path / "artifacts")
+    running = Receiver(SECRET, DeliveryJournal(tmp_path / "j.jsonl"), Recorder(),
+                       mark=ledger_marker(settings))
+    running.start()
+    try:
+        rid = release.release_id
+        assert post_outcome(running.url, rid, "promoted", signed_as="failed")[1]["error"] == \
+            "bad_signature"
+        assert post_outcome(running.url, rid, "promoted", secret="not ours")[0] == 401
+        assert ledger.get_release(client, rid).status == "handed-off"  # nothing forged counted
+
+        code, answer = post_outcome(running.url, rid, "promoted")
+        assert (code, answer["status"], answer["previous"]) == (200, "marked", "handed-off")
+        code, again = post_outcome(running.url, rid, "promoted")
+        assert (code, again["status"]) == (200, "duplicate")
+        code, refused = post_outcome(running.url, rid, "failed")
+        assert (code, refused["error"]) == (409, "bad_transition")
+        assert "is promoted; it cannot be marked failed" in refused["detail"]
+        code, unknown = post_outcome(running.url, "f" * 32, "failed")
+        assert (code, unknown["error"]) == (404, "unknown_release")
+        code, malformed = post_outcome(running.url, rid, "succeeded")
+        assert (code, malformed["error"]) == (400, "malformed_body")
+    finally:
+        running.stop(timeout_s=10)
+    marked = ledger.get_release(client, rid)
+    assert marked.status == "promoted" and "Spinnaker execution 01HEXEC" in marked.outcome_by
+    assert [h["to"] for h in ledger.outcome_history(client, rid)] == ["promoted"]

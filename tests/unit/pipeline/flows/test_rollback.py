@@ -119,5 +119,5 @@ def test_rollback_of_a_service_the_ledger_never_released_says_so(tmp_path: Path)
     result = invoke(["rollback", "--name", "nobody", "--out", str(tmp_path / "out")], tmp_path)
     assert result.exit_code == 1
     assert "nothing to roll back" in result.output
-    assert "no successful release of nobody" in result.output
+    assert "no promoted release of nobody" in result.output
     assert not (tmp_path / "out").exists()

@@ -661,3 +661,208 @@ def test_cli_checks_the_tag_against_the_model_versions(tmp_path: Path) -> None:
 
 def test_errors_are_pipeline_errors() -> None:
     assert issubclass(ReleaseError, PipelineError) and issubclass(ConfigError, PipelineError)
+
+
+# --- outcomes, timeouts, the promote parameter ----------------------------------------------------
+
+SECRET = "outcome-test-secret"
+RELEASE_ID = "3a15cdcbcd2e4f5a8b9c0d1e2f3a4b5c"
+OUTCOME_URL = "https://bentoship-hooks.internal/outcome"
+_SPEL = re.compile(r"\s*(#stage\('[^']*'\)\.status\.toString\(\)|parameters\['promote'\]"
+                   r"\.toString\(\)|'[^']*'|==|!=|\?|:|\(|\)|!|and\b|or\b)")
+
+
+def spel(expression: str, statuses: dict[str, str], promote: str = "true") -> Any:
+    """Evaluate the SpEL subset the pipeline uses: stage statuses, ternaries, and/or/!, ==."""
+    text = expression.removeprefix("${").removesuffix("}")
+    tokens, pos = [], 0
+    while pos < len(text.rstrip()):
+        match = _SPEL.match(text, pos)
+        assert match, f"not in the subset: {text[pos:]!r}"
+        tokens.append(match.group(1))
+        pos = match.end()
+
+    def ternary(i: int) -> tuple[Any, int]:
+        value, i = either(i)
+        if i < len(tokens) and tokens[i] == "?":
+            yes, i = ternary(i + 1)
+            assert tokens[i] == ":"
+            no, i = ternary(i + 1)
+            value = yes if value else no
+        return value, i
+
+    def chain(i: int, word: str, operand: Any) -> tuple[Any, int]:
+        value, i = operand(i)
+        while i < len(tokens) and tokens[i] == word:
+            other, i = operand(i + 1)
+            value = (value or other) if word == "or" else (value and other)
+        return value, i
+
+    def either(i: int) -> tuple[Any, int]:
+        return chain(i, "or", both)
+
+    def both(i: int) -> tuple[Any, int]:
+        return chain(i, "and", compare)
+
+    def compare(i: int) -> tuple[Any, int]:
+        left, i = unary(i)
+        if i < len(tokens) and tokens[i] in ("==", "!="):
+            op = tokens[i]
+            right, i = unary(i + 1)
+            left = (left == right) if op == "==" else (left != right)
+        return left, i
+
+    def unary(i: int) -> tuple[Any, int]:
+        token = tokens[i]
+        if token == "!":
+            value, i = unary(i + 1)
+            return not value, i
+        if token == "(":
+            value, i = ternary(i + 1)
+            assert tokens[i] == ")"
+            return value, i + 1
+        if token.startswith("#stage('"):
+            return statuses.get(token.split("'")[1], "NOT_STARTED"), i + 1
+        if token.startswith("parameters"):
+            return promote, i + 1
+        assert token.startswith("'"), token
+        return token[1:-1], i + 1
+
+    value, end = ternary(0)
+    assert end == len(tokens)
+    return value
+
+
+def hooked(spec: ReleaseSpec, tmp_path: Path, config: ReleaseConfig | None = None) -> Any:
+    from pipeline.release.outcome import outcome_hook
+
+    hook = outcome_hook(SECRET, OUTCOME_URL, RELEASE_ID)
+    return load(render_release(spec, config or ReleaseConfig(), tmp_path, hook)["pipeline.json"])
+
+
+def reported(stage: dict[str, Any], statuses: dict[str, str]) -> tuple[str, Any]:
+    """What the outcome stage posts for these stage statuses, as the receiver reads it."""
+    from pipeline.release.outcome import SIGNATURE_HEADER, read_report
+
+    body = {k: spel(v, statuses) if k == "outcome" else v for k, v in stage["payload"].items()}
+    header = spel(stage["customHeaders"][SIGNATURE_HEADER], statuses)
+    report = read_report(SECRET, {SIGNATURE_HEADER: header}, json.dumps(body).encode())
+    assert report.release_id == RELEASE_ID
+    return report.outcome, body
+
+
+@pytest.mark.parametrize(
+    ("statuses", "outcome"),
+    [
+        ({"Canary analysis": "SUCCEEDED", "Promote to production": "SUCCEEDED"}, "promoted"),
+        ({"Canary analysis": "FAILED_CONTINUE", "Promote to production": "SKIPPED"}, "failed"),
+        ({"Deploy canary": "FAILED_CONTINUE", "Canary analysis": "SKIPPED"}, "failed"),
+        ({"Promote to production": "FAILED_CONTINUE", "Undo production rollout": "SUCCEEDED"},
+         "rolled-back"),
+        # The undo failed too: production is in no known state, not "rolled back".
+        ({"Promote to production": "FAILED_CONTINUE",
+          "Undo production rollout": "FAILED_CONTINUE"}, "failed"),
+    ],
+)
+def test_the_canary_pipeline_reports_its_outcome_signed_for_that_outcome(
+    tmp_path: Path, statuses: dict[str, str], outcome: str
+) -> None:
+    pipeline = hooked(demo_spec(), tmp_path)
+    stages = stages_by_name(pipeline)
+    report = stages["Report outcome"]
+    assert (report["type"], report["method"], report["url"]) == ("webhook", "POST", OUTCOME_URL)
+    assert report["failPipeline"] is False and report["continuePipeline"] is True
+    # It runs after everything else, clean-up included, and before the verdict fails the run.
+    assert ancestors(pipeline, report["refId"]) == (
+        {s["refId"] for s in pipeline["stages"]} - {report["refId"], stages["Verdict"]["refId"]})
+    assert stages["Verdict"]["requisiteStageRefIds"] == [report["refId"]]
+    assert reported(report, statuses)[0] == outcome
+    # promote=false is a dry run: the stage is skipped and the release stays handed-off.
+    assert spel(report["stageEnabled"]["expression"], statuses, promote="false") is False
+    assert spel(report["stageEnabled"]["expression"], statuses, promote="true") is True
+    assert OUTCOME_URL in pipeline["description"] and RELEASE_ID in pipeline["description"]
+
+
+def test_a_forged_outcome_does_not_verify(tmp_path: Path) -> None:
+    from pipeline.errors import WebhookRejected
+    from pipeline.release.outcome import SIGNATURE_HEADER, read_report
+
+    report = stages_by_name(hooked(demo_spec(), tmp_path))["Report outcome"]
+    failed = spel(report["customHeaders"][SIGNATURE_HEADER], {})  # the signature of "failed"
+    forged = json.dumps({"release_id": RELEASE_ID, "outcome": "promoted"}).encode()
+    with pytest.raises(WebhookRejected, match="bad signature"):
+        read_report(SECRET, {SIGNATURE_HEADER: failed}, forged)
+    other = json.dumps({"release_id": "0" * 32, "outcome": "failed"}).encode()
+    with pytest.raises(WebhookRejected, match="bad signature"):
+        read_report(SECRET, {SIGNATURE_HEADER: failed}, other)
+    with pytest.raises(WebhookRejected, match="bad signature"):
+        read_report("another secret", {SIGNATURE_HEADER: failed},
+                    json.dumps({"release_id": RELEASE_ID, "outcome": "failed"}).encode())
+
+
+@pytest.mark.parametrize(
+    ("spec_changes", "statuses", "outcome"),
+    [
+        ({"baseline_digest": None}, {"Deploy production": "SUCCEEDED"}, "promoted"),
+        ({"baseline_digest": None}, {"Deploy production": "FAILED_CONTINUE"}, "failed"),
+        ({"kind": "rollback", "skip_canary": True}, {"Deploy production": "SUCCEEDED"},
+         "promoted"),
+        ({"kind": "rollback", "skip_canary": True},
+         {"Deploy production": "FAILED_CONTINUE", "Undo production rollout": "SUCCEEDED"},
+         "rolled-back"),
+    ],
+)
+def test_direct_deploys_report_their_outcome_before_the_verdict(
+    tmp_path: Path, spec_changes: dict[str, Any], statuses: dict[str, str], outcome: str
+) -> None:
+    pipeline = hooked(demo_spec(**spec_changes), tmp_path)
+    stages = stages_by_name(pipeline)
+    assert [s["type"] for s in pipeline["stages"]][-2:] == ["webhook", "checkPreconditions"]
+    assert stages["Deploy production"]["continuePipeline"] is True  # the report still runs
+    assert reported(stages["Report outcome"], statuses)[0] == outcome
+    verdict = stages["Verdict"]["preconditions"][0]["context"]["expression"]
+    assert spel(verdict, statuses) is (outcome == "promoted")
+
+
+def test_without_the_secret_no_outcome_stage_and_the_description_says_how_to_mark(
+    rendered: dict[str, Path],
+) -> None:
+    pipeline = load(rendered["pipeline.json"])
+    assert "webhook" not in {s["type"] for s in pipeline["stages"]}
+    assert "bentoship releases mark" in pipeline["description"]
+
+
+def test_promote_is_compared_as_text_wherever_it_is_read(rendered: dict[str, Path]) -> None:
+    stages = stages_by_name(load(rendered["pipeline.json"]))
+    promote_if = stages["Promote to production"]["stageEnabled"]["expression"]
+    verdict = stages["Verdict"]["preconditions"][1]["context"]["expression"]
+    passed = {"Canary analysis": "SUCCEEDED"}
+    for value, promotes in (("true", True), ("false", False)):
+        assert spel(promote_if, passed, promote=value) is promotes
+    # A promotion that was not asked for is no failure; one that was asked for and failed is.
+    assert spel(verdict, {"Promote to production": "SKIPPED"}, promote="false") is True
+    assert spel(verdict, {"Promote to production": "FAILED_CONTINUE"}, promote="true") is False
+    assert "parameters['promote'] ==" not in json.dumps(stages)
+    assert "parameters['promote'] !=" not in json.dumps(stages)
+
+
+def test_deploy_promotion_and_undo_stages_time_out(tmp_path: Path) -> None:
+    config = parse_release_config({"stage_timeout_minutes": 25})
+    for spec in (demo_spec(), demo_spec(kind="rollback", skip_canary=True),
+                 demo_spec(baseline_digest=None)):
+        pipeline = load(render_release(spec, config, tmp_path / spec.mode)["pipeline.json"])
+        timed = {s["name"]: s["stageTimeoutMs"] for s in pipeline["stages"]
+                 if s.get("overrideTimeout") is True}
+        expected = {s["name"] for s in pipeline["stages"]
+                    if s["type"] in ("deployManifest", "undoRolloutManifest")}
+        assert set(timed) == expected and expected
+        assert set(timed.values()) == {25 * 60_000}
+    default = load(render_release(demo_spec(), ReleaseConfig(), tmp_path / "d")["pipeline.json"])
+    assert stages_by_name(default)["Promote to production"]["stageTimeoutMs"] == 10 * 60_000
+
+
+def test_a_bad_outcome_url_or_timeout_is_refused_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match="outcome_url"):
+        parse_release_config({"outcome_url": "bentoship-hooks/outcome"})
+    with pytest.raises(ConfigError, match="stage_timeout_minutes"):
+        parse_release_config({"stage_timeout_minutes": 0})
