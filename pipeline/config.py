@@ -4,7 +4,7 @@ The environment is read here and nowhere else (`load_settings`); everything else
 `Settings` object. Variables:
 
 - `BENTOSHIP_HOME`: project state folder (default `.bentoship` in the working directory):
-  the embedded MLflow store, the BentoML store, prepared wheels.
+  the embedded MLflow store, the BentoML store, prepared wheels, the build cache (`cache/`).
 - `MLFLOW_TRACKING_URI` / `MLFLOW_REGISTRY_URI`: any MLflow tracking/registry URI; by default a
   SQLite file in the state folder with artifacts beside it.
 - `BENTOSHIP_REGISTRY`: OCI registry host[:port] images are pushed to (default `127.0.0.1:5000`).
@@ -82,6 +82,12 @@ class Settings:
     @property
     def wheel_cache(self) -> Path:
         return self.home / "wheels"
+
+    @property
+    def build_cache(self) -> Path:
+        """What a build keeps for the next one (verified model artifacts, plans):
+        `pipeline/build/cache.py`. Removing it is always safe."""
+        return self.home / "cache"
 
     @property
     def webhook_dir(self) -> Path:

@@ -185,7 +185,8 @@ for model in args["models"]:
         existing = bentoml.models.get(model["tag"])
     except bentoml.exceptions.NotFound:
         existing = None
-    if existing is not None and dict(existing.info.metadata) == model["metadata"]:
+    if existing is not None and not model["replace"] \
+            and dict(existing.info.metadata) == model["metadata"]:
         print("MODEL_REUSED=" + model["tag"])
         continue
     if existing is not None:  # same name and version from another store, or re-registered
@@ -234,17 +235,51 @@ def make_bento(
     `context`.
 
     An identical earlier import (same metadata: run id and manifest) is reused; a model with
-    the same tag but other content is replaced. Runs in a child process whose working
-    directory is the build context: BentoML imports the service module to find its models,
-    and it must import the context's copy (with its `bentoship.json`), not the template this
-    process may have imported; and BentoML fixes its store location once per process.
+    the same tag but other content is replaced. Each model the exported Bento holds must hash
+    to its verified manifest digest: a store copy that does not (changed on disk) is imported
+    again from the verified artifacts, so the image never gets it.
+
+    Runs in a child process whose working directory is the build context: BentoML imports the
+    service module to find its models, and it must import the context's copy (with its
+    `bentoship.json`), not the template this process may have imported; and BentoML fixes its
+    store location once per process.
     """
+    replace: set[str] = set()
+    while True:
+        bento_path = _run_build(infos, context, name, version, labels, bentoml_home, echo,
+                                replace)
+        spoiled = {i.bento_tag for i in infos
+                   if _exported_digest(bento_path, i) != i.manifest_sha256}
+        if not spoiled:
+            return bento_path
+        if spoiled <= replace:  # imported afresh from verified artifacts, and still different
+            raise ArtifactError(f"the models {', '.join(sorted(spoiled))} in the Bento do not "
+                                "match their verified artifacts; nothing was built")
+        echo(f"{', '.join(sorted(spoiled))}: the BentoML store's copy does not match the "
+             "verified artifacts: importing again")
+        replace |= spoiled
+
+
+def _exported_digest(bento_path: Path, info: ModelInfo) -> str:
+    """The manifest digest of a model as the exported Bento holds it (what the image gets)."""
+    from pipeline.models import integrity
+
+    name, tag_version = info.bento_tag.split(":", 1)
+    model_dir = bento_path / "models" / name / tag_version / "mlflow_model"
+    return integrity.digest(integrity.manifest(model_dir)) if model_dir.is_dir() else ""
+
+
+def _run_build(
+    infos: Sequence[ModelInfo], context: Path, name: str, version: str,
+    labels: dict[str, str], bentoml_home: Path, echo: Echo, replace: set[str],
+) -> Path:
     args = {
         "tag": f"{name}:{version}", "service": SERVICE_IMPORT, "name": name,
         "version": version, "labels": labels, "export_to": str(context.parent / "bento"),
-        "models": [{"tag": i.bento_tag, "path": str(i.path), "metadata": model_metadata(i)}
-                   for i in infos],
+        "models": [{"tag": i.bento_tag, "path": str(i.path), "metadata": model_metadata(i),
+                    "replace": i.bento_tag in replace} for i in infos],
     }
+    shutil.rmtree(context.parent / "bento", ignore_errors=True)  # an earlier attempt's export
     env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "BENTOML_DO_NOT_TRACK": "true"}
     proc = subprocess.run(
         [sys.executable, "-c", _BUILD_SCRIPT, json.dumps(args)],

@@ -11,6 +11,13 @@ anything is built.
 
 The same model versions, code and base again find the existing image, locally or in the
 registry (pulled by digest then), and say so instead of rebuilding.
+
+A build that ends with a smoke-tested image (built or found) keeps its verified artifacts and
+what its plan found in the build cache (`cache.py`, under `$BENTOSHIP_HOME/cache`). The next
+build of the same versions then verifies the cached artifacts instead of downloading them (a
+code-only rebuild: the model layers come from Docker's layer cache, only the code layer is
+new), and a build that changes nothing finds its image after the one registry check per
+model, without downloading or loading the models.
 """
 
 from __future__ import annotations
@@ -24,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import identity
-from pipeline.build import bento, extras, image, oci, smoke, transfer
-from pipeline.build.plan import PROJECT_ROOT, BuildRequest, Plan, plan, resolve_request
+from pipeline.build import bento, cache, extras, image, oci, smoke, transfer
+from pipeline.build.plan import PROJECT_ROOT, BuildRequest, Plan, Resolved, plan, resolve_request
 from pipeline.config import Settings
 from pipeline.errors import DockerError, PushError, map_exceptions
 from pipeline.identity import source_url
@@ -51,6 +58,8 @@ class BuildResult:
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step of the build
     # the models' requirements not installed: package, requirement, model, reason
     dropped_requirements: list[dict[str, str]] = field(default_factory=list)
+    # what came from the build cache: {"plan": bool, "models": [variant, ...]}
+    cache: dict[str, Any] = field(default_factory=lambda: {"plan": False, "models": []})
 
     @property
     def reference(self) -> str:
@@ -78,6 +87,7 @@ class BuildResult:
             "seconds": round(self.seconds, 1),
             "phases": {k: round(v, 2) for k, v in self.phases.items()},
             "dropped_requirements": self.dropped_requirements,
+            "cache": self.cache,
         }
 
 
@@ -94,7 +104,6 @@ def build(
     called with the plan before the first side effect (a release's API guard); it refuses by
     raising.
     """
-    from pipeline.build.base import ensure_base_image, lock_pins
     from pipeline.build.engine import connect
 
     started = time.monotonic()
@@ -108,8 +117,52 @@ def build(
         raise PushError(transfer.push_message(
             repository, f"the registry {settings.oci_registry} does not answer (connection "
             "refused or timed out), so nothing was built"))
+    key = resolved.cache_key()
     phases.done("resolve")
 
+    # A build of these exact versions, code and options ended with an image before: what its
+    # plan found gives the labels, and if that image is still here (or in the registry), the
+    # models need not be downloaded or loaded again. A release's API guard needs the plan.
+    known = cache.load_plan(settings.build_cache, key) if check is None else None
+    result: BuildResult | None = None
+    where: str | None = None
+    if known is not None:
+        progress("Planning: the last build of these versions and this code found the plan "
+                 "(build cache)")
+        base = _base(client, settings, progress)
+        phases.done("base")
+        labels = _labels(resolved, base.ref, known["manifests"], known["requirements_sha256"],
+                         known["config_sha256"], known["openapi_sha256"])
+        existing, digest, where = _existing(client, repository, tag, labels, progress,
+                                            settings.docker_config)
+        phases.done("lookup")
+        if existing is not None:
+            result = BuildResult(name, repository, tag, existing.id, dict(existing.labels),
+                                 int(existing.attrs.get("Size", 0)), resolved.models,
+                                 reused=True, digest=digest, example_rows_in=known["examples"],
+                                 reused_from=where, cache={"plan": True, "models": []},
+                                 dropped_requirements=known["dropped"])
+    if result is None:
+        result, where = _build_planned(req, resolved, settings, client, progress, phases, key,
+                                       check)
+
+    result.layer_sizes = image.group_sizes(image.layers(client, result.image_id))
+    if req.push and where != "registry":
+        result.digest = transfer.push(client, repository, tag, progress,
+                                      docker_config=settings.docker_config)
+        phases.done("push")
+    result.seconds = time.monotonic() - started
+    result.phases = phases.seconds
+    return result
+
+
+def _build_planned(
+    req: BuildRequest, resolved: Resolved, settings: Settings, client: Any, progress: Echo,
+    phases: _Phases, key: str, check: Callable[[Plan], None] | None,
+) -> tuple[BuildResult, str | None]:
+    """Plan, then find or build the image; keep what the next build can reuse."""
+    name, tag = resolved.name, resolved.tag
+    repository = f"{settings.oci_registry}/{name}"
     with tempfile.TemporaryDirectory(prefix="bentoship-build-") as tmp:
         work = Path(tmp)
         p = plan(resolved, settings, work, progress)
@@ -118,35 +171,14 @@ def build(
         infos = p.infos
         phases.done("verify")
         phases.split("verify", "loadcheck", p.loadcheck_s)
-        progress("Preparing the base image")
-        base = ensure_base_image(client, settings, echo=lambda m: progress(f"  {m}"))
+        base = _base(client, settings, progress)
         phases.done("base")
-        layers = [
-            identity.ModelLayer(
-                variant=i.variant,
-                registered_name=i.version.name,
-                version=i.version.version,
-                run_id=i.version.run_id,
-                manifest_sha256=i.manifest_sha256,
-            )
-            for i in infos
-        ]
-        labels = identity.image_labels(
-            tag=tag,
-            name=name,
-            revision=resolved.code.revision or resolved.code.label,
-            code_label=resolved.code.label,
-            source=source_url(PROJECT_ROOT),
-            models=layers,
-            weights=dict(zip(("control", "treatment"), resolved.weights[: len(infos)])),
-            allow_pickle=req.allow_pickle,
-            trusted_types=req.all_trusted_types,
-            requirements_sha256=p.requirements.sha256,
-            base_ref=base.ref,
-            config_sha256=p.config_sha256,
-        )
-        labels[identity.OPENAPI_LABEL] = identity.openapi_sha256(p.openapi)
+        openapi_sha = identity.openapi_sha256(p.openapi)
+        labels = _labels(resolved, base.ref, {i.variant: i.manifest_sha256 for i in infos},
+                         p.requirements.sha256, p.config_sha256, openapi_sha)
         examples = p.examples
+        used = {"plan": False, "models": list(p.cached)}
+        dropped = [d.as_dict() for d in p.requirements.dropped]
 
         existing, digest, where = _existing(client, repository, tag, labels, progress,
                                             settings.docker_config)
@@ -154,8 +186,11 @@ def build(
         if existing is not None:
             result = BuildResult(name, repository, tag, existing.id, dict(existing.labels),
                                  int(existing.attrs.get("Size", 0)), p.models, reused=True,
-                                 digest=digest, example_rows_in=examples, reused_from=where)
+                                 digest=digest, example_rows_in=examples, reused_from=where,
+                                 cache=used, dropped_requirements=dropped)
         else:
+            from pipeline.build.base import lock_pins
+
             prepared = None
             if p.requirements.extras:
                 prepared = extras.prepare_extras(p.requirements.extras, lock_pins(),
@@ -182,17 +217,58 @@ def build(
             built = client.images.get(image_id)
             result = BuildResult(name, repository, tag, image_id, labels,
                                  int(built.attrs.get("Size", 0)), p.models, reused=False,
-                                 example_rows_in=examples, example_rows_out=rows_out)
+                                 example_rows_in=examples, example_rows_out=rows_out,
+                                 cache=used, dropped_requirements=dropped)
+        if req.smoke_test or existing is not None:  # only what ended in a tested image
+            for info in infos:
+                cache.keep_model(settings.build_cache, info.version, info.manifest_sha256,
+                                 info.path)
+            cache.keep_plan(settings.build_cache, key, {
+                "manifests": {i.variant: i.manifest_sha256 for i in infos},
+                "requirements_sha256": p.requirements.sha256,
+                "config_sha256": p.config_sha256,
+                "openapi_sha256": openapi_sha,
+                "examples": examples,
+                "dropped": dropped,
+            })
+    return result, where
 
-    result.layer_sizes = image.group_sizes(image.layers(client, result.image_id))
-    result.dropped_requirements = [d.as_dict() for d in p.requirements.dropped]
-    if req.push and where != "registry":
-        result.digest = transfer.push(client, repository, tag, progress,
-                                      docker_config=settings.docker_config)
-        phases.done("push")
-    result.seconds = time.monotonic() - started
-    result.phases = phases.seconds
-    return result
+
+def _base(client: Any, settings: Settings, progress: Echo) -> Any:
+    from pipeline.build.base import ensure_base_image
+
+    progress("Preparing the base image")
+    return ensure_base_image(client, settings, echo=lambda m: progress(f"  {m}"))
+
+
+def _labels(
+    resolved: Resolved, base_ref: str, manifests: dict[str, str], requirements_sha256: str,
+    config_sha256: str, openapi_sha256: str,
+) -> dict[str, str]:
+    """The image's identity labels (contract 6) for `resolved` and what its plan found."""
+    req = resolved.request
+    versions = resolved.versions
+    layers = [
+        identity.ModelLayer(variant=variant, registered_name=mv.name, version=mv.version,
+                            run_id=mv.run_id, manifest_sha256=manifests[variant])
+        for variant, mv in versions.items()
+    ]
+    labels = identity.image_labels(
+        tag=resolved.tag,
+        name=resolved.name,
+        revision=resolved.code.revision or resolved.code.label,
+        code_label=resolved.code.label,
+        source=source_url(PROJECT_ROOT),
+        models=layers,
+        weights=dict(zip(("control", "treatment"), resolved.weights[: len(layers)])),
+        allow_pickle=req.allow_pickle,
+        trusted_types=req.all_trusted_types,
+        requirements_sha256=requirements_sha256,
+        base_ref=base_ref,
+        config_sha256=config_sha256,
+    )
+    labels[identity.OPENAPI_LABEL] = openapi_sha256
+    return labels
 
 
 def serve(req: BuildRequest, settings: Settings, port: int, echo: Echo) -> int:

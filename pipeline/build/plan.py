@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import identity
-from pipeline.build import bento, loadcheck
+from pipeline.build import bento, cache, loadcheck
 from pipeline.build.service import content_version, service_config, service_openapi
 from pipeline.config import TYPE_NAME, BuildConfig, Settings
 from pipeline.errors import ConfigError
@@ -139,6 +139,31 @@ class Resolved:
     tag: str
     hooks: HookSource | None = None
 
+    @property
+    def models(self) -> dict[str, dict[str, str]]:
+        return {variant: {"name": mv.name, "version": mv.version, "run_id": mv.run_id}
+                for variant, mv in self.versions.items()}
+
+    def cache_key(self) -> str:
+        """What decides the plan of this build: the key of its entry in the build cache."""
+        from pipeline.build.base import lock_pins
+
+        req = self.request
+        options = {k: v for k, v in vars(req).items()
+                   if k not in ("control", "treatment", "services_dir", "build_config", "push",
+                                "smoke_test", "ready_timeout_s")}
+        fields = {
+            "options": options,
+            "build_config": req.build_config.model_dump(mode="json"),
+            "weights": self.weights,
+            "code": self.code.label,
+            "name": self.name,
+            "tag": self.tag,
+            "hooks": [self.hooks.module, str(self.hooks.file)] if self.hooks else None,
+            "lock": lock_pins(),
+        }
+        return cache.plan_key(fields, self.versions)
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -152,11 +177,11 @@ class Plan:
     context: Path  # the build context: services/ with its bentoship.json
     examples: list[dict[str, Any]]  # request rows the smoke test sends
     loadcheck_s: float = 0.0  # seconds the load check took (part of planning)
+    cached: tuple[str, ...] = ()  # the variants whose artifacts came from the build cache
 
     @property
     def models(self) -> dict[str, dict[str, str]]:
-        return {i.variant: {"name": i.version.name, "version": i.version.version,
-                            "run_id": i.version.run_id} for i in self.infos}
+        return self.resolved.models
 
     @cached_property
     def openapi(self) -> dict[str, Any]:
@@ -191,16 +216,28 @@ def resolve_request(req: BuildRequest, settings: Settings, echo: Echo) -> Resolv
 
 
 def plan(resolved: Resolved, settings: Settings, work: Path, echo: Echo) -> Plan:
-    """Download and verify the artifacts into `work`, check signatures and requirements."""
+    """Download and verify the artifacts into `work`, check signatures and requirements.
+
+    Artifacts the build cache holds for a version (`cache.py`) are not downloaded: the cached
+    copy is used once its files hash to the digest the registry records for the version.
+    """
     from pipeline.build.base import lock_pins
 
     req = resolved.request
     client = registry.settings_client(settings)
     echo("Downloading and verifying artifacts")
     infos = []
+    cached: list[str] = []
     for variant, mv in resolved.versions.items():
-        path = registry.download(client, mv, work / "mlflow" / variant)
-        manifest = integrity.verify_or_record(client, mv, path)
+        path = cache.cached_model(settings.build_cache, mv, echo=lambda m: echo(f"  {m}"))
+        if path is not None and mv.manifest_sha256 is not None:
+            echo(f"  {variant} {mv}: artifacts from the build cache, matching the registry's "
+                 "manifest")
+            manifest = mv.manifest_sha256
+            cached.append(variant)
+        else:
+            path = registry.download(client, mv, work / "mlflow" / variant)
+            manifest = integrity.verify_or_record(client, mv, path)
         infos.append(bento.inspect_model(variant, mv, path, manifest))
     bento.check_compatible(infos)
     needs_pyfunc = any(i.flavor not in bento.NATIVE_FLAVORS for i in infos)
@@ -241,4 +278,4 @@ def plan(resolved: Resolved, settings: Settings, work: Path, echo: Echo) -> Plan
     bento.write_config(context, config)
     config_sha = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
     return Plan(resolved, infos, requirements, config, config_sha, context, checked.examples,
-                loadcheck_s)
+                loadcheck_s, tuple(cached))

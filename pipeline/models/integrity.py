@@ -48,9 +48,15 @@ def digest(files: dict[str, str]) -> str:
 
 
 def verify_or_record(client: MlflowClient, mv: ModelVersion, model_dir: Path) -> str:
-    """Return the manifest digest; record it on first use, refuse a mismatch afterwards."""
+    """Return the manifest digest; record it on first use, refuse a mismatch afterwards.
+
+    The digest `mv` was resolved with is compared first (no round trip); the registry is
+    asked only when `mv` carries none, and for the recorded file list when they differ.
+    """
     current = manifest(model_dir)
     current_digest = digest(current)
+    if mv.manifest_sha256 == current_digest:
+        return current_digest
     tags = client.get_model_version(mv.name, mv.version).tags or {}
     if DIGEST_TAG not in tags:
         client.set_model_version_tag(mv.name, mv.version, MANIFEST_TAG, json.dumps(current))

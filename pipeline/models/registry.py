@@ -2,7 +2,9 @@
 
 A reference is `NAME@ALIAS`, `NAME/VERSION` or `models:/NAME/VERSION` (or `models:/NAME@ALIAS`).
 Aliases are resolved to an exact version once, at the start of a build; everything after
-that works with the `ModelVersion` it returned, never with the alias again.
+that works with the `ModelVersion` it returned, never with the alias again. Resolving a
+reference is one registry round trip (the version, its aliases and its tags, the recorded
+manifest digest among them); listing what exists instead costs more, and only on a miss.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from pipeline.errors import ArtifactError, ConfigError, ModelNotFoundError, VersionNotReadyError
+from pipeline.models.integrity import DIGEST_TAG
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -50,6 +53,9 @@ class ModelVersion:
     source: str
     aliases: tuple[str, ...]
     requested_as: str
+    # The artifacts' manifest digest the registry records (integrity.DIGEST_TAG), None before
+    # the version's first build records it.
+    manifest_sha256: str | None = None
 
     @property
     def uri(self) -> str:
@@ -93,6 +99,36 @@ def resolve(client: MlflowClient, ref: ModelRef | str) -> ModelVersion:
     if isinstance(ref, str):
         ref = parse_ref(ref)
     try:
+        if ref.alias is not None:
+            mv = client.get_model_version_by_alias(ref.name, ref.alias)
+        else:
+            mv = client.get_model_version(ref.name, str(ref.version))
+    except MlflowException as exc:
+        if not _is_not_found(exc):
+            raise
+        _explain_missing(client, ref)
+    if mv.status != "READY":
+        raise VersionNotReadyError(
+            f"{ref.name}/{mv.version} has status {mv.status}, not READY"
+            + (f" ({mv.status_message})" if mv.status_message else "")
+            + ": wait for registration to finish or pick another version"
+        )
+    return ModelVersion(
+        name=mv.name,
+        version=str(mv.version),
+        run_id=mv.run_id or "",
+        source=mv.source or "",
+        aliases=tuple(sorted(getattr(mv, "aliases", None) or ())),
+        requested_as=str(ref),
+        manifest_sha256=(mv.tags or {}).get(DIGEST_TAG),
+    )
+
+
+def _explain_missing(client: MlflowClient, ref: ModelRef) -> NoReturn:
+    """Raise ModelNotFoundError saying what exists instead of `ref` (a model, or a version)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
         registered = client.get_registered_model(ref.name)
     except MlflowException as exc:
         if not _is_not_found(exc):
@@ -103,41 +139,16 @@ def resolve(client: MlflowClient, ref: ModelRef | str) -> ModelVersion:
             f"no registered model named {ref.name!r} in {client.tracking_uri}. "
             f"Registered models: {known}"
         ) from None
-
     aliases: dict[str, str] = dict(getattr(registered, "aliases", {}) or {})
-    try:
-        if ref.alias is not None:
-            mv = client.get_model_version_by_alias(ref.name, ref.alias)
-        else:
-            mv = client.get_model_version(ref.name, str(ref.version))
-    except MlflowException as exc:
-        if not _is_not_found(exc):
-            raise
-        versions = sorted(
-            (str(v.version) for v in client.search_model_versions(f"name='{ref.name}'")), key=int
-        )
-        alias_text = ", ".join(f"@{a} -> {v}" for a, v in sorted(aliases.items())) or "none"
-        what = f"alias @{ref.alias}" if ref.alias else f"version {ref.version}"
-        raise ModelNotFoundError(
-            f"model {ref.name!r} has no {what}. Versions: {', '.join(versions) or 'none'}; "
-            f"aliases: {alias_text}"
-        ) from None
-
-    if mv.status != "READY":
-        raise VersionNotReadyError(
-            f"{ref.name}/{mv.version} has status {mv.status}, not READY"
-            + (f" ({mv.status_message})" if mv.status_message else "")
-            + ": wait for registration to finish or pick another version"
-        )
-    version_aliases = tuple(sorted(a for a, v in aliases.items() if str(v) == str(mv.version)))
-    return ModelVersion(
-        name=mv.name,
-        version=str(mv.version),
-        run_id=mv.run_id or "",
-        source=mv.source or "",
-        aliases=version_aliases,
-        requested_as=str(ref),
+    versions = sorted(
+        (str(v.version) for v in client.search_model_versions(f"name='{ref.name}'")), key=int
     )
+    alias_text = ", ".join(f"@{a} -> {v}" for a, v in sorted(aliases.items())) or "none"
+    what = f"alias @{ref.alias}" if ref.alias else f"version {ref.version}"
+    raise ModelNotFoundError(
+        f"model {ref.name!r} has no {what}. Versions: {', '.join(versions) or 'none'}; "
+        f"aliases: {alias_text}"
+    ) from None
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
