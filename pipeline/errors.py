@@ -19,6 +19,7 @@ message; anything else is a bug and keeps its traceback.
     │   ├── LedgerUnavailable      a rollback was rendered, the ledger could not record it
     │   ├── ReleaseNotFound        no recorded release has this id (or prefix)
     │   ├── BadTransition          a release's status cannot change to the one asked for
+    │   ├── RehearsalFailed        `release --rehearse`: the canary failed here; not handed off
     │   └── ReleaseConflict        another release of the same service got in the way
     │       ├── LeaseHeld          its release lease is held: waited --wait, names the holder
     │       └── LeaseLost          this release's lease lapsed or was taken: nothing recorded
@@ -108,6 +109,10 @@ class ReleaseNotFound(ReleaseError):
 
 class BadTransition(ReleaseError):
     """The release's current status does not allow the status asked for."""
+
+
+class RehearsalFailed(ReleaseError):
+    """The release's canary, rehearsed here, did not pass: recorded as rehearsal_failed."""
 
 
 class ReleaseConflict(ReleaseError):

@@ -39,6 +39,15 @@ def store_settings(directory: Path) -> Settings:
     )
 
 
+def promote(settings: Settings, release_id: str) -> None:
+    """Say the release's pipeline promoted it, as its outcome webhook or `releases mark` does:
+    production is the newest promoted release, and the next release is compared with it."""
+    from pipeline.models.registry import settings_client
+    from pipeline.release import ledger
+
+    ledger.mark_release(settings_client(settings), release_id, "promoted", by="tests")
+
+
 def train_demo(settings: Settings) -> None:
     demo.train(settings.tracking_uri, artifact_root=settings.artifact_root)
 

@@ -374,6 +374,17 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
               help="Release even if the service's OpenAPI spec breaks callers of production's "
               "(recorded as api_change=breaking-allowed). CI: `[api: allow-breaking]` in the "
               "commit message.")
+@click.option("--rehearse", "rehearse_it", is_flag=True,
+              help="Rehearse the canary here before handing it off (`bentoship rehearse`): a "
+              "release whose canary does not pass is recorded as rehearsal_failed, not "
+              "submitted, and the command exits 1.")
+@click.option("--rehearse-duration", default="5m", show_default=True, metavar="TIME",
+              help="With --rehearse: how long to replay traffic.")
+@click.option("--rehearse-rate", type=click.FloatRange(min=0.1), default=20, show_default=True,
+              metavar="REQ/S", help="With --rehearse: requests per second over all pods.")
+@click.option("--rehearse-traffic", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              metavar="FILE.jsonl", help="With --rehearse: the requests to replay. [default: "
+              "the models' input examples and evaluation datasets]")
 @allow_dirty_option
 @wait_option
 @output_option
@@ -381,8 +392,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def release(control: str, treatment: str | None, treatment_weight: int | None, name: str | None,
             config_path: Path | None, outdir: Path, submit: bool, allow_pickle: bool,
             trusted_types: tuple[str, ...], hooks: str | None,
-            allow_breaking_api: bool, allow_dirty: bool, wait_s: float, output: str,
-            quiet: bool) -> None:
+            allow_breaking_api: bool, rehearse_it: bool, rehearse_duration: str,
+            rehearse_rate: float, rehearse_traffic: Path | None, allow_dirty: bool,
+            wait_s: float, output: str, quiet: bool) -> None:
     """Build (or reuse) and push the image, render the canary release, record it.
 
     \b
@@ -403,21 +415,37 @@ def release(control: str, treatment: str | None, treatment_weight: int | None, n
     allow_dirty). One release per service at a time, across machines sharing the MLflow
     server: a second one waits up to --wait seconds for the first's lease, then exits 1
     naming its holder.
+
+    \b
+    With --rehearse the rendered canary runs here first (`bentoship rehearse`): recorded as
+    rehearsal_failed and not handed off unless it passes.
     """
     from pipeline.build.plan import BuildRequest
+    from pipeline.cli.rehearse import duration
     from pipeline.config import load_build_config, load_release_config
     from pipeline.release import handoff
 
     config = load_release_config(config_path)
     check_treatment_options(treatment, treatment_weight)
+    settings = load_settings()
+    if not rehearse_it and (rehearse_traffic is not None or rehearse_duration != "5m"
+                            or rehearse_rate != 20):
+        raise click.UsageError("--rehearse-duration, --rehearse-rate and --rehearse-traffic "
+                               "need --rehearse")
+    echo = lambda m: say(m, quiet=quiet)
+    rehearse = None
+    if rehearse_it:
+        from pipeline.rehearse.run import Options, rehearser
+
+        rehearse = rehearser(Options(duration_s=duration(rehearse_duration), rate=rehearse_rate,
+                                     traffic=rehearse_traffic), settings, echo)
     request = BuildRequest(control=control, treatment=treatment, name=name,
                            treatment_weight=treatment_weight, allow_pickle=allow_pickle,
                            build_config=load_build_config(config_path),
                            trusted_types=trusted_types, hooks=hooks)
-    done = handoff.release(request, load_settings(), config, outdir,
-                           echo=lambda m: say(m, quiet=quiet), submit=submit,
+    done = handoff.release(request, settings, config, outdir, echo=echo, submit=submit,
                            allow_breaking_api=allow_breaking_api, allow_dirty=allow_dirty,
-                           wait_s=wait_s)
+                           wait_s=wait_s, rehearse=rehearse)
     emit(done.as_dict(), output, _handoff_text(done))
 
 

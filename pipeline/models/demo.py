@@ -42,6 +42,23 @@ def _dataset():  # type: ignore[no-untyped-def]
     return train_test_split(features, frame["target"], test_size=0.25, random_state=7)
 
 
+def _log_evaluation_rows(rows):  # type: ignore[no-untyped-def]
+    """The held-out rows, logged as the run's `evaluation` input with a loadable source: what
+    `bentoship rehearse` replays when it is given no traffic file."""
+    import tempfile
+
+    import mlflow
+    import mlflow.data
+
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "rows.csv"
+        rows.to_csv(path, index=False)
+        mlflow.log_artifact(str(path), artifact_path="evaluation")
+    source = mlflow.get_artifact_uri("evaluation/rows.csv")
+    dataset = mlflow.data.from_pandas(rows, source=source, name="evaluation")
+    mlflow.log_input(dataset, context="evaluation")
+
+
 def train(
     tracking_uri: str,
     registry_uri: str | None = None,
@@ -81,6 +98,7 @@ def _train(
         control.fit(x_train, y_train)
         control_acc = float(control.score(x_test, y_test))
         mlflow.log_metric("accuracy", control_acc)
+        _log_evaluation_rows(x_test)
         info = mlflow.sklearn.log_model(
             control,
             name="model",
@@ -109,6 +127,7 @@ def _train(
         treatment_acc = float(((scores >= 0.5).astype(int) == y_test.to_numpy()).mean())
         mlflow.log_metric("accuracy", treatment_acc)
         mlflow.log_params(params)
+        _log_evaluation_rows(x_test)
         info = mlflow.xgboost.log_model(
             booster,
             name="model",

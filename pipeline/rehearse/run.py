@@ -285,3 +285,23 @@ def table(verdict: Verdict) -> str:
     text.append(f"verdict: {verdict.verdict.upper()}, score {verdict.score:g} "
                 f"({verdict.reason}); groups: {groups}")
     return "\n".join(text)
+
+
+def rehearser(options: Options, settings: Any, echo: Echo) -> Callable[[Path], Any]:
+    """`release --rehearse`: rehearse the rendered folder, say what it found."""
+    from pipeline.release.handoff import Rehearsed
+
+    def run(directory: Path) -> Rehearsed:
+        result, path = rehearse_release(directory, options, settings=settings, echo=echo)
+        verdict = result.verdict
+        echo(table(verdict))
+        echo(f"report: {path}")
+        return Rehearsed(
+            passed=verdict.verdict == "pass",
+            summary=f"{verdict.verdict}, score {verdict.score:g}: {verdict.reason}",
+            report=path,
+            files={"rehearsal/report.html": path,
+                   "rehearsal/verdict.json": path.parent / "verdict.json"},
+        )
+
+    return run

@@ -74,7 +74,9 @@ def model_rows(client: Any, model_versions: Sequence[tuple[str, str]], scratch: 
     if not rows:
         raise ReleaseError("the models have no input example in MLflow; give the rehearsal "
                            "--traffic FILE.jsonl")
-    return rows
+    # Variants trained on the same split log the same rows: each once.
+    unique = {json.dumps(r, sort_keys=True, default=str): r for r in rows}
+    return list(unique.values())
 
 
 def _evaluation_rows(client: Any, run_id: str | None, echo: Callable[[str], None]

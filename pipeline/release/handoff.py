@@ -37,7 +37,7 @@ from pipeline import identity
 from pipeline.build.builder import BuildResult, build
 from pipeline.build.plan import BuildRequest, Plan
 from pipeline.config import ReleaseConfig, Settings
-from pipeline.errors import ReleaseError
+from pipeline.errors import RehearsalFailed, ReleaseError
 from pipeline.models import registry
 from pipeline.release import lease, ledger
 from pipeline.release.api_diff import Change, diff_specs
@@ -68,6 +68,20 @@ class ApiCheck:
                 {"kind": c.kind, "path": c.path, "message": c.message} for c in self.changes
             ],
         }
+
+
+@dataclass(frozen=True)
+class Rehearsed:
+    """What `release --rehearse` learnt: the verdict, the files to record with the release."""
+
+    passed: bool
+    summary: str
+    report: Path
+    files: dict[str, Path]
+
+
+# Rehearses the rendered release in the folder it is given (pipeline.rehearse.run).
+Rehearse = Callable[[Path], Rehearsed]
 
 
 @dataclass(frozen=True)
@@ -156,13 +170,16 @@ def release(
     allow_dirty: bool = False,
     wait_s: float = lease.DEFAULT_WAIT_S,
     root: Path | None = None,
+    rehearse: Rehearse | None = None,
 ) -> Handoff:
     """Build and push `req`, render the canary release against production, record it.
 
     A breaking change of the API against production's is refused before anything is built
     (see the module docstring) unless `allow_breaking_api`; so is a dirty work tree at `root`
     (default: the checkout the image is built from) unless `allow_dirty`. Waits up to `wait_s`
-    seconds for another release of the same service (LeaseHeld after that).
+    seconds for another release of the same service (LeaseHeld after that). With `rehearse`,
+    a canary release is rehearsed once rendered (`bentoship rehearse`); one that does not
+    pass is recorded as rehearsal_failed, not submitted, and RehearsalFailed raised.
     """
     from pipeline.build import bento
     from pipeline.build.builder import PROJECT_ROOT
@@ -172,7 +189,8 @@ def release(
     service = req.name or bento.service_name(registry.parse_ref(req.control).name)
     with lease.hold(settings, service, echo, wait_s=wait_s):
         return _release(req, settings, config, outdir, echo, kind=kind, submit=submit,
-                        allow_breaking_api=allow_breaking_api, allow_dirty=allow_dirty)
+                        allow_breaking_api=allow_breaking_api, allow_dirty=allow_dirty,
+                        rehearse=rehearse)
 
 
 def _release(
@@ -186,6 +204,7 @@ def _release(
     submit: bool,
     allow_breaking_api: bool,
     allow_dirty: bool,
+    rehearse: Rehearse | None = None,
 ) -> Handoff:
     from pipeline.build.engine import connect
 
@@ -224,7 +243,7 @@ def _release(
         baseline_model_versions=production.model_versions if production else None,
     )
     return hand_over(spec, config, outdir, settings, echo, result, submit, api=api,
-                     production=production, allow_dirty=allow_dirty)
+                     production=production, allow_dirty=allow_dirty, rehearse=rehearse)
 
 
 def hand_over(
@@ -240,6 +259,7 @@ def hand_over(
     api: ApiCheck | None = None,
     allow_dirty: bool | None = None,
     wait_s: float = lease.DEFAULT_WAIT_S,
+    rehearse: Rehearse | None = None,
 ) -> Handoff:
     """Render `spec` into `outdir`, submit it when asked, record it in the ledger.
 
@@ -256,9 +276,18 @@ def hand_over(
             hook, reporting, outcome_note = outcome_reporting(settings, config, release_id)
             echo(f"Rendering the {spec.mode} release {release_id[:12]} into {outdir}")
             files = render_release(spec, config, outdir, hook)
+            rehearsal = None
+            if rehearse is not None and spec.mode == "canary":
+                rehearsal = rehearse(outdir)
+                files = {**files, **rehearsal.files}
+            elif rehearse is not None:
+                echo("Nothing to rehearse: this release deploys directly, without a canary")
             held.verify()
             ledger.check_production(client, spec.name, production)
-            submitted, note = submit_pipeline(files, submit)
+            if rehearsal is not None and not rehearsal.passed:
+                submitted, note = False, "not submitted: its canary failed the rehearsal"
+            else:
+                submitted, note = submit_pipeline(files, submit)
             held.verify()
             ledger.check_production(client, spec.name, production)
             record = ledger.record_release(
@@ -272,10 +301,18 @@ def hand_over(
                                if result is not None else ()),
                 run_id=release_id,
                 outcome_reporting=reporting,
+                status=(ledger.REHEARSAL_FAILED if rehearsal is not None and not rehearsal.passed
+                        else ledger.HANDED_OFF),
             )
         except BaseException:
             ledger.discard_release(client, release_id)
             raise
+    if rehearsal is not None and not rehearsal.passed:
+        raise RehearsalFailed(
+            f"the canary of {spec.image} failed its rehearsal ({rehearsal.summary}); report: "
+            f"{rehearsal.report}. Recorded as {record.status} (release {record.short_id}); "
+            "nothing was handed off or submitted"
+        )
     api_note = f", API change: {api.decision}" if api else ""
     echo(f"Recorded release {record.short_id} ({spec.kind}{api_note}) in the ledger as "
          f"{record.status}; {outcome_note}")

@@ -62,7 +62,8 @@ if TYPE_CHECKING:
 EXPERIMENT = "bentoship-releases"
 HANDED_OFF = "handed-off"
 PROMOTED = "promoted"
-STATUSES = (HANDED_OFF, PROMOTED, "rolled-back", "failed", "rendered", "rehearsal_failed")
+REHEARSAL_FAILED = "rehearsal_failed"  # `release --rehearse`: its canary failed here
+STATUSES = (HANDED_OFF, PROMOTED, "rolled-back", "failed", "rendered", REHEARSAL_FAILED)
 # What a release's pipeline reports when it ends (pipeline/release/outcome.py).
 OUTCOMES = (PROMOTED, "rolled-back", "failed")
 TRANSITIONS: dict[str, tuple[str, ...]] = {HANDED_OFF: OUTCOMES, PROMOTED: ("rolled-back",)}

@@ -23,7 +23,7 @@ from pipeline.config import Settings, parse_release_config
 from pipeline.models.registry import client_for, ensure_experiment, fluent_uris
 from pipeline.release import handoff, ledger
 from tests import servicekit
-from tests.stores import ALLOW_DIRTY, CHECKOUT_DIRTY, store_settings
+from tests.stores import ALLOW_DIRTY, CHECKOUT_DIRTY, promote, store_settings
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -120,6 +120,7 @@ def production(
         echo=print,
         allow_dirty=CHECKOUT_DIRTY,
     )
+    promote(store.settings, first.record.release_id)
     compatible = handoff.release(
         BuildRequest(control=store.ref("optional"), name=SERVICE),
         store.settings,
@@ -128,6 +129,7 @@ def production(
         echo=print,
         allow_dirty=CHECKOUT_DIRTY,
     )
+    promote(store.settings, compatible.record.release_id)
     return first, compatible
 
 

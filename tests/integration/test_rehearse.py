@@ -33,14 +33,14 @@ from pipeline.build.plan import BuildRequest
 from pipeline.cli import cli
 from pipeline.config import Settings, parse_release_config
 from pipeline.models.demo import _dataset
-from pipeline.models.registry import fluent_uris
+from pipeline.models.registry import fluent_uris, settings_client
 from pipeline.rehearse.handoff import read_handoff
 from pipeline.rehearse.prometheus import expand
 from pipeline.rehearse.run import Options, Rehearsal, rehearse
 from pipeline.release.api_export import service_spec
 from pipeline.release.files import render_release
 from pipeline.release.spec import ReleaseSpec
-from tests.stores import store_settings, train_demo
+from tests.stores import ALLOW_DIRTY, promote, store_settings, train_demo
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -314,3 +314,56 @@ def test_the_cli_prints_the_table_and_the_report_path(
     assert "mean score treatment" in report.read_text()
     leftovers = connect().containers.list(all=True, filters={"label": "bentoship.rehearsal"})
     assert leftovers == []
+
+
+def test_default_traffic_is_the_models_examples_and_evaluation_rows(
+        store: Settings, tmp_path: Path) -> None:
+    """Without --traffic: each model's input example and the rows logged as its run's
+    `evaluation` input (the demo logs its held-out split), each row once."""
+    from pipeline.rehearse import traffic as replayed
+
+    _, x_test, _, _ = _dataset()
+    rows = replayed.model_rows(settings_client(store), [(NAME, "1"), (NAME, "2")], tmp_path)
+    held_out = x_test.to_dict(orient="records")
+    assert len(rows) == len(held_out)  # the examples are the held-out split's first rows
+    assert rows == [{k: r[k] for k in held_out[0]} for r in rows]
+    assert sorted(json.dumps(r, sort_keys=True) for r in rows) == sorted(
+        json.dumps(r, sort_keys=True) for r in held_out)
+
+
+def test_release_with_rehearse_records_a_failed_canary_and_hands_nothing_off(
+        releases: dict[str, Path], traffic: Path, store: Settings, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`release --rehearse`: production first (direct, nothing to rehearse), then a release
+    whose treatment answers wrongly: exit 1, recorded as rehearsal_failed with its report, and
+    the next release is still compared with the promoted production."""
+    from pipeline.release import ledger
+
+    monkeypatch.setenv("BENTOSHIP_HOME", str(store.home))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.tracking_uri)
+    config = tmp_path / "bentoship.toml"
+    config.write_text("[release.canary]\nscrape_interval_seconds = 1\nstep_seconds = 1\n"
+                      "rate_window_seconds = 10\ninterval_minutes = 1\nlifetime = \"PT1M\"\n"
+                      "replicas = 1\n")
+    common = ["--name", "rehearse", "--config", str(config), *ALLOW_DIRTY, "--output", "json"]
+    first = CliRunner().invoke(cli, ["release", "--model", f"{NAME}/1", "--rehearse",
+                                     "--out", str(tmp_path / "first"), *common])
+    assert first.exit_code == 0, first.output
+    assert "Nothing to rehearse" in first.output
+    production = json.loads(first.stdout)["release_id"]
+    promote(store, production)
+
+    bad = CliRunner().invoke(cli, [
+        "release", "--model", f"{NAME}/1", "--treatment", f"{NAME}/3",
+        "--treatment-weight", "50", "--rehearse", "--rehearse-duration", "40s",
+        "--rehearse-rate", "40", "--rehearse-traffic", str(traffic),
+        "--out", str(tmp_path / "bad"), *common])
+    assert bad.exit_code == 1, bad.output
+    assert "failed its rehearsal" in bad.output and "mean score treatment" in bad.output
+    assert "nothing was handed off or submitted" in bad.output
+    client = settings_client(store)
+    newest = ledger.list_releases(client, name="rehearse")[0]
+    assert newest.status == "rehearsal_failed"
+    assert newest.release_id != production
+    assert ledger.latest_successful(client, name="rehearse").release_id == production
+    assert (tmp_path / "bad" / "rehearsal" / "report.html").is_file()

@@ -866,3 +866,11 @@ def test_a_bad_outcome_url_or_timeout_is_refused_naming_the_key() -> None:
         parse_release_config({"outcome_url": "bentoship-hooks/outcome"})
     with pytest.raises(ConfigError, match="stage_timeout_minutes"):
         parse_release_config({"stage_timeout_minutes": 0})
+
+
+def test_the_static_scrape_job_is_what_a_default_release_renders() -> None:
+    """spinnaker/prometheus-scrape.yaml, for operators, says what the canary queries rely on."""
+    from pipeline.release.kayenta import scrape_config
+
+    static = Path(__file__).parents[4] / "spinnaker" / "prometheus-scrape.yaml"
+    assert yaml.safe_load(static.read_text()) == scrape_config(ReleaseConfig())
