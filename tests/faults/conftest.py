@@ -32,8 +32,12 @@ def slow_image(
     demo_store: Settings,  # noqa: F811 - the fixture imported above
     docker_client: Any,
     base_image: Any,
-) -> BuildResult:
-    return build(SLOW, demo_store, echo=print)
+) -> Iterator[BuildResult]:
+    """Built once per session (about 15 s) and removed at its end: every checkout state has a
+    tag of its own, and tags of states long gone would pile up."""
+    result = build(SLOW, demo_store, echo=print)
+    yield result
+    docker_client.images.remove(result.reference, force=True)
 
 
 StartContainer = Callable[..., smoke.Running]
