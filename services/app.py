@@ -11,6 +11,12 @@ exception is logged and answered ``internal_error`` (500): a bug, never the call
 
 The app holds an :class:`AppState` that the BentoML service fills in once its models are
 loaded and warmed up; until then ``/predict`` answers ``not_ready`` (503).
+
+A request that runs a team's hooks, or whose body is larger than :data:`INLINE_BODY_BYTES`, is
+scored in the worker's bounded model-call pool (:mod:`services.calls`): within
+``serving.model_timeout_s`` or a 503 ``model_timeout``, and a 503 ``overloaded`` when every slot
+is taken. A small request without hooks is scored inline on the event loop: a native model
+answers it in well under a millisecond, and the thread hop would cost more than the call.
 """
 
 from __future__ import annotations
@@ -22,12 +28,12 @@ from typing import Any
 
 import orjson
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from services.calls import ModelCalls
 from services.config import ServiceConfig
 from services.errors import (
     MalformedBodyError,
@@ -45,7 +51,7 @@ from services.predictor import Prediction, Predictor
 logger = logging.getLogger("bentoship.service")
 
 JSON = "application/json"
-# Bodies above this size are scored in a worker thread so probes are not held up. A 100-row
+# Bodies above this size are scored in the model-call pool so probes are not held up. A 100-row
 # request of the demo model is ~76 kB; scoring it inline saved ~1.5 ms p50 (benchmarks/serving).
 INLINE_BODY_BYTES = 256 * 1024
 
@@ -80,6 +86,9 @@ def create_app(config: ServiceConfig, state: AppState) -> Starlette:
     limit = max_body_bytes(config)
     key_header = config.routing.key_header
     override_header = config.routing.override_header
+    # Hooks are the team's code: they may call out or take long, so they always get the deadline.
+    inline_limit = -1 if config.hooks is not None else INLINE_BODY_BYTES
+    calls = ModelCalls(config.serving.max_model_calls, config.serving.model_timeout_s)
 
     async def predict(request: Request) -> Response:
         started = time.perf_counter()
@@ -94,10 +103,10 @@ def create_app(config: ServiceConfig, state: AppState) -> Starlette:
             override = (
                 (headers.get(override_header, "").strip() or None) if override_header else None
             )
-            if len(raw) <= INLINE_BODY_BYTES:
+            if len(raw) <= inline_limit:
                 result = predictor.predict_body(raw, header_key=header_key, override=override)
             else:
-                result = await run_in_threadpool(
+                result = await calls.run(
                     predictor.predict_body, raw, header_key=header_key, override=override
                 )
             content = _dump_rows(result)

@@ -3,13 +3,20 @@
 The pipeline builds a :class:`ServiceConfig`, writes ``config.model_dump_json()`` next to
 ``services/service.py`` in the build context, and the service reads it once at import with
 :func:`load_config`. Everything is validated here, before any model is touched.
+
+The ``serving`` knobs (workers, model-call deadline, concurrent model calls) depend on where the
+image runs, so the environment overrides them: ``BENTOSHIP_WORKERS``,
+``BENTOSHIP_MODEL_TIMEOUT_S`` and ``BENTOSHIP_MAX_MODEL_CALLS``. This is the one module of
+``services/`` that reads the environment.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -187,6 +194,26 @@ class Routing(_Frozen):
         return value.lower()
 
 
+class Serving(_Frozen):
+    """How the service runs: worker processes, and the deadline and bound of model calls."""
+
+    # Worker processes; None: one per CPU the container is given (services/cpus.py).
+    workers: int | None = Field(default=None, ge=1, le=64)
+    # A model call (hooks included) not answered after this many seconds is a 503 model_timeout.
+    model_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    # Model calls one worker runs at once (its thread pool); one more is a 503 overloaded. A call
+    # past its deadline holds its thread until it returns (a thread cannot be killed).
+    max_model_calls: int = Field(default=8, ge=1, le=256)
+
+
+# Environment variable -> `serving` field it overrides.
+SERVING_ENV = {
+    "BENTOSHIP_WORKERS": "workers",
+    "BENTOSHIP_MODEL_TIMEOUT_S": "model_timeout_s",
+    "BENTOSHIP_MAX_MODEL_CALLS": "max_model_calls",
+}
+
+
 class ServiceConfig(_Frozen):
     """Everything the service needs to know; written by the pipeline, read by the service."""
 
@@ -204,6 +231,7 @@ class ServiceConfig(_Frozen):
     # A binary classifier answers classes[1] when its probability is at least this.
     threshold: float = 0.5
     hooks: HookConfig | None = None
+    serving: Serving = Serving()
 
     @field_validator("name")
     @classmethod
@@ -351,8 +379,9 @@ def json_type_name(value: object) -> str:
     return type(value).__name__
 
 
-def load_config(path: str | Path) -> ServiceConfig:
-    """Read and validate ``bentoship.json``; every message names the file and the key."""
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> ServiceConfig:
+    """Read and validate ``bentoship.json``, with the ``serving`` overrides of ``environ``
+    (default ``os.environ``); every message names the file or variable and the key."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -370,9 +399,29 @@ def load_config(path: str | Path) -> ServiceConfig:
             f"{path}: not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         ) from None
     try:
-        return ServiceConfig.model_validate(raw)
+        config = ServiceConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_validation(path, exc)) from None
+    return with_serving_env(config, os.environ if environ is None else environ)
+
+
+def with_serving_env(config: ServiceConfig, environ: Mapping[str, str]) -> ServiceConfig:
+    """``config`` with the ``serving`` fields that ``environ`` sets (an empty value is unset)."""
+    overrides = {field: environ[name] for name, field in SERVING_ENV.items() if environ.get(name)}
+    if not overrides:
+        return config
+    try:
+        serving = Serving.model_validate({**config.serving.model_dump(), **overrides})
+    except ValidationError as exc:
+        by_field = {field: name for name, field in SERVING_ENV.items()}
+        problems = [
+            f"  {by_field.get(str(e['loc'][0]), e['loc'][0])}={overrides.get(str(e['loc'][0]))!r}: "
+            f"{e['msg']}"
+            for e in exc.errors(include_url=False)
+        ]
+        raise ConfigError("invalid serving setting(s) in the environment\n"
+                          + "\n".join(problems)) from None
+    return config.model_copy(update={"serving": serving})
 
 
 def _format_validation(path: Path, exc: ValidationError) -> str:

@@ -26,7 +26,10 @@ callers sending bad requests (a 422 of cause ``caller``).
     │   ├── PreprocessError       preprocess_failed   500
     │   └── PostprocessError      postprocess_failed  500
     ├── ModelError                model_failed        500  predict raised or returned garbage
-    └── NotReadyError             not_ready           503  models not loaded / warmed up yet
+    └── UnavailableError          (503: retry, preferably elsewhere)
+        ├── NotReadyError         not_ready           503  models not loaded / warmed up yet
+        ├── ModelTimeoutError     model_timeout       503  a model call passed its deadline
+        └── OverloadedError       overloaded          503  every model-call slot is taken
 """
 
 from __future__ import annotations
@@ -140,9 +143,26 @@ class ModelError(ServiceError):
     cause = "model"
 
 
-class NotReadyError(ServiceError):
-    code = "not_ready"
+class UnavailableError(ServiceError):
+    """The service cannot answer now; another replica (or a retry) may."""
+
     status = 503
+
+
+class NotReadyError(UnavailableError):
+    code = "not_ready"
+
+
+class ModelTimeoutError(UnavailableError):
+    """A model call (hooks included) was not answered within ``serving.model_timeout_s``."""
+
+    code = "model_timeout"
+
+
+class OverloadedError(UnavailableError):
+    """``serving.max_model_calls`` calls are running (or stuck past their deadline) already."""
+
+    code = "overloaded"
 
 
 def describe(exc: BaseException, limit: int = 300) -> str:

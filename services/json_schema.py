@@ -199,6 +199,8 @@ ERROR_CODES: tuple[str, ...] = (
     "postprocess_failed",
     "model_failed",
     "not_ready",
+    "model_timeout",
+    "overloaded",
     "internal_error",
 )
 

@@ -34,7 +34,9 @@ _ERRORS = {
     "(values outside what it computes with) (`invalid_input`); `detail` lists every problem.",
     "500": "A hook failed, or the model failed even on its own example (`preprocess_failed`, "
     "`postprocess_failed`, `model_failed`, `internal_error`).",
-    "503": "Models not loaded and warmed up yet (`not_ready`).",
+    "503": "Models not loaded and warmed up yet (`not_ready`), the model did not answer within "
+    "the deadline (`model_timeout`), or every model-call slot is taken (`overloaded`): retry, "
+    "preferably on another replica.",
 }
 # Error codes the routing layer answers with (404 and 405, same body shape).
 _ROUTING_CODES = ("not_found", "method_not_allowed")

@@ -7,6 +7,12 @@ models into the Bento). In ``__init__`` (in each worker) it loads every model fr
 then plugs the predictor into the mounted Starlette app; ``__is_ready__`` (BentoML's
 readiness hook behind ``/readyz``) is false until that has happened.
 
+It runs ``serving.workers`` worker processes (``BENTOSHIP_WORKERS``), by default one per CPU the
+container is given (:func:`services.cpus.available_cpus`, cgroup-aware). Every worker loads its
+own models; a worker that dies takes only its own requests with it (BentoML restarts it, the
+others keep answering, ``/readyz`` included), and metrics are summed over the workers (BentoML's
+prometheus multiprocess directory).
+
 Serve a build context with ``bentoml serve services.service:Bentoship`` from its root.
 This module must not import ``pipeline``, ``docker`` or ``mlflow`` (a test checks).
 """
@@ -14,6 +20,7 @@ This module must not import ``pipeline``, ``docker`` or ``mlflow`` (a test check
 from __future__ import annotations
 
 import logging
+import math
 import re
 from pathlib import Path
 
@@ -21,6 +28,7 @@ import bentoml
 
 from services.app import AppState, create_app
 from services.config import CONFIG_FILENAME, ServiceConfig, Variant, load_config
+from services.cpus import available_cpus
 from services.errors import ModelLoadError
 from services.loading import MODEL_SUBDIR, LoadedModel, load_variant
 from services.metrics import create_metrics
@@ -29,6 +37,7 @@ from services.predictor import Predictor
 logger = logging.getLogger("bentoship.service")
 
 CONFIG: ServiceConfig = load_config(Path(__file__).with_name(CONFIG_FILENAME))
+WORKERS: int = CONFIG.serving.workers or available_cpus()
 STATE = AppState()
 APP = create_app(CONFIG, STATE)
 
@@ -81,8 +90,10 @@ for _variant in CONFIG.variants:
 # if you need per-request lines.
 Bentoship = bentoml.service(
     name=CONFIG.name,
-    workers=1,
-    traffic={"timeout": 30},
+    workers=WORKERS,
+    # BentoML's own request timeout stays above the model-call deadline, so a slow model is
+    # answered with our 503 model_timeout, not BentoML's bare error.
+    traffic={"timeout": max(30, math.ceil(CONFIG.serving.model_timeout_s) + 5)},
     logging={"access": {"enabled": False}},
     # BentoML wraps every request in OpenTelemetry middleware; with the default sample rate of
     # 0 it records nothing yet costs ~0.5 ms of CPU per request (27% of the event loop's busy

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,8 @@ from pipeline.identity import code_version, openapi_sha256
 from pipeline.models import registry
 from pipeline.release.api_diff import diff_specs
 from pipeline.release.api_spec import validate_spec
-from services.app import AppState, create_app
-from services.config import ServiceConfig
+from services.app import INLINE_BODY_BYTES, AppState, create_app
+from services.config import ServiceConfig, Serving
 from services.flavors import ModelOutput
 from services.loading import LoadedModel
 from services.openapi import build_spec
@@ -203,6 +204,17 @@ def _bodies(config: ServiceConfig, spec: dict[str, Any]) -> Iterator[tuple[str, 
     broken = _App(config, lambda m: np.full((len(m), 2), np.nan))
     yield "500 model_failed", broken.request("POST", "/predict", json={"rows": [row]})
     yield "503 not_ready", _App(config, None).request("POST", "/predict", json={"rows": [row]})
+    # A body above the inline limit goes to the model-call pool, with its deadline and bound:
+    # one call stuck past its deadline takes the only slot, so the next one is refused.
+    stuck = threading.Event()
+    slow = _App(
+        config.model_copy(update={"serving": Serving(model_timeout_s=0.05, max_model_calls=1)}),
+        lambda m: (stuck.wait(5), np.tile([0.25, 0.75], (len(m), 1)))[1],
+    )
+    padded = b" " * (INLINE_BODY_BYTES + 1) + json.dumps({"rows": [row]}).encode()
+    yield "503 model_timeout", slow.request("POST", "/predict", content=padded)
+    yield "503 overloaded", slow.request("POST", "/predict", content=padded)
+    stuck.set()
 
 
 def test_responses_and_error_bodies_are_documented_exactly_as_sent(
