@@ -46,6 +46,7 @@ def _log_evaluation_rows(rows):  # type: ignore[no-untyped-def]
     """The held-out rows, logged as the run's `evaluation` input with a loadable source: what
     `bentoship rehearse` replays when it is given no traffic file."""
     import tempfile
+    import warnings
 
     import mlflow
     import mlflow.data
@@ -55,7 +56,9 @@ def _log_evaluation_rows(rows):  # type: ignore[no-untyped-def]
         rows.to_csv(path, index=False)
         mlflow.log_artifact(str(path), artifact_path="evaluation")
     source = mlflow.get_artifact_uri("evaluation/rows.csv")
-    dataset = mlflow.data.from_pandas(rows, source=source, name="evaluation")
+    with warnings.catch_warnings():  # a local path is two kinds of local source to MLflow
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(rows, source=source, name="evaluation")
     mlflow.log_input(dataset, context="evaluation")
 
 

@@ -113,27 +113,38 @@ def _wait_for_holder(shared: Shared, pid: int, timeout: float = 300) -> lease.Ho
     pytest.fail(f"process {pid} never took the release lease of {SERVICE}")
 
 
-def test_two_releases_at_once_run_one_after_the_other(shared: Shared) -> None:
+def test_two_releases_at_once_never_share_a_baseline(shared: Shared) -> None:
+    """The second waits for the first's lease; then production is the first release, whose
+    outcome nobody has reported yet, so the second is refused rather than planned against a
+    production that may never be: one release per baseline. Once the first is promoted, the
+    next release is planned against it."""
     started = time.monotonic()
     first = shared.start("a", RELEASE, BENTOSHIP_CI_JOB="https://ci.example/job/1")
     second = shared.start("b", RELEASE, BENTOSHIP_CI_JOB="https://ci.example/job/2")
     results = [_finish(first), _finish(second)]
     elapsed = time.monotonic() - started
-    for code, _, err in results:
-        assert code == 0, err[-3000:]
-    waited = [err for _, _, err in results if f"Another release of {SERVICE} is running" in err]
+    waited = [(code, err) for code, _, err in results
+              if f"Another release of {SERVICE} is running" in err]
     assert len(waited) == 1, "exactly one of the two releases waits for the other"
-    assert "https://ci.example/job/" in waited[0] and "Got the release lease" in waited[0]
+    code, err = waited[0]
+    assert "https://ci.example/job/" in err and "Got the release lease" in err
+    assert code == 1 and "without its outcome being reported" in err, err[-3000:]
+    assert "releases mark" in err
+    assert sorted(c for c, _, _ in results) == [0, 1]
     print(f"two releases at once: {elapsed:.1f}s;",
-          next(line for line in waited[0].splitlines() if "Got the release lease" in line))
+          next(line for line in err.splitlines() if "Got the release lease" in line))
 
-    records = shared.releases()
-    assert len(records) == 2
-    older, newer = sorted(records, key=lambda r: r.created)
-    # One release per baseline: the second was planned against the first, not against nothing.
-    assert older.predecessor == "none" and newer.predecessor == older.release_id
-    assert {r.allow_dirty for r in records} == {"true"}
+    (older,) = shared.releases()  # the refused one recorded nothing
+    assert older.predecessor == "none" and older.allow_dirty == "true"
     assert lease.current(shared.client, SERVICE) is None  # both let go on exit
+    marked = CliRunner().invoke(cli, ["releases", "mark", older.release_id, "--status",
+                                      "promoted"], env=shared.env("mark"),
+                                catch_exceptions=False)
+    assert marked.exit_code == 0, marked.output
+    code, _, err = _finish(shared.start("c", RELEASE))
+    assert code == 0, err[-3000:]
+    newer = next(r for r in shared.releases() if r.release_id != older.release_id)
+    assert newer.predecessor == older.release_id
     shown = CliRunner().invoke(cli, ["releases", "show", newer.release_id],
                                env=shared.env("show"), catch_exceptions=False)
     assert f"Replaces  release {older.release_id[:12]}" in shown.output
