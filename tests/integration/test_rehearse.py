@@ -9,8 +9,8 @@ image serves it as control and a treatment at 50%:
 - latency: the good treatment, with a preprocess hook that sleeps 20 ms per request;
 - silently bad: XGBoost trained on flipped labels (HTTP 200, wrong answers).
 
-The six rehearsals run at once (one pod per arm, 40 requests/s, 75 s) to keep the suite
-short; the release config scrapes every second and steps at one second, so each judges 65
+The six rehearsals run three at a time (one pod per arm, 40 requests/s, 75 s) to keep the
+suite short; the release config scrapes every second and steps at one second, so each judges 65
 points. The rendered files are also checked with promtool.
 """
 
@@ -186,6 +186,7 @@ def releases(store: Settings, docker_client: object, base_image: object,
             for key, req in canaries.items()}
 
 
+# The good runs side by side, then the three bad ones.
 RUNS = ("good", "good", "good", "error spike", "latency", "silently bad")
 
 
@@ -199,7 +200,9 @@ def rehearsals(releases: dict[str, Path], traffic: Path, store: Settings
         return rehearse(read_handoff(releases[key]), replace(options, seed=index),
                         client=client, echo=lambda line: print(f"[{key} {index}] {line}"))
 
-    with ThreadPoolExecutor(max_workers=len(RUNS)) as pool:
+    # Three at a time: six pods, three Prometheus and three load generators on two cores
+    # already; more and the machine's own contention is what the latency metrics measure.
+    with ThreadPoolExecutor(max_workers=3) as pool:
         futures = [(key, pool.submit(run, i, key)) for i, key in enumerate(RUNS)]
         found: dict[str, list[Rehearsal]] = {}
         for key, future in futures:
@@ -223,8 +226,9 @@ def test_a_good_treatment_passes_three_runs_out_of_three(
         assert r.verdict.verdict == "pass", (r.verdict.score, r.verdict.reason, _failed(r))
         assert sum(n for (_, s), n in r.replay.statuses.items() if s == 200) == sum(
             r.replay.sent.values())
-        # Every metric was judged on data: 65 points a side at a 1 s step.
-        assert all(len(m.control) >= 50 and len(m.experiment) >= 50
+        # Every metric was judged on data: up to 65 points a side at a 1 s step (a scrape a
+        # loaded machine misses leaves a window without two samples, so a few fewer).
+        assert all(len(m.control) >= 40 and len(m.experiment) >= 40
                    for m in r.verdict.metrics), [(m.name, len(m.control), len(m.experiment))
                                                  for m in r.verdict.metrics]
 
