@@ -358,16 +358,16 @@ class Engine:
         # Most of it at once, then the rest in small writes until the file system refuses one.
         bulk = stat.f_bavail * stat.f_frsize - 32 * 2**20
         subprocess.run(["fallocate", "-l", str(max(bulk, 0)), str(filler)], check=True)
-        with filler.open("ab") as out:
-            try:
-                while True:
-                    out.write(b"\0" * 65536)
-                    out.flush()
-                    os.fsync(out.fileno())
-            except OSError:
-                pass
-        with filler.open("r+b") as out:
-            out.truncate(max(filler.stat().st_size - leave_kb * 1024, 0))
+        fd = os.open(filler, os.O_WRONLY | os.O_APPEND)
+        try:
+            while True:
+                os.write(fd, b"\0" * 65536)
+                os.fsync(fd)
+        except OSError:
+            pass  # ENOSPC: full
+        finally:
+            os.close(fd)
+        os.truncate(filler, max(filler.stat().st_size - leave_kb * 1024, 0))
         return filler
 
     def unmount(self) -> None:
