@@ -166,6 +166,12 @@ def _foreign(kind: str) -> tuple[type[BaseException], ...]:
         import docker.errors
 
         return (docker.errors.APIError,)
+    if kind == "docker-connection":  # the engine went away mid-request (restarted, killed)
+        import requests.exceptions
+        import urllib3.exceptions
+
+        return (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
+                urllib3.exceptions.ProtocolError)
     if kind == "mlflow":
         from mlflow.exceptions import MlflowException
 
@@ -178,7 +184,8 @@ def map_exceptions(mapping: Mapping[str, tuple[type[PipelineError], Describe]]) 
     """Re-raise a Docker or MLflow exception as the PipelineError `mapping` names for it.
 
     `mapping` maps a kind (`docker`: any Docker SDK error, `docker-api`: the engine answered
-    with an error, `mlflow`: any MlflowException) to the error class and a function that
+    with an error, `docker-connection`: the engine's connection broke mid-request, `mlflow`:
+    any MlflowException) to the error class and a function that
     words the message from the original exception, which stays attached as `__cause__`::
 
         with map_exceptions({"docker-api": (PushError, lambda e: f"push failed: {e}")}):

@@ -150,6 +150,7 @@ def build(
     if req.push and where != "registry":
         result.digest = transfer.push(client, repository, tag, progress,
                                       docker_config=settings.docker_config)
+        progress(f"Pushed {repository}@{result.digest}")
         phases.done("push")
     result.seconds = time.monotonic() - started
     result.phases = phases.seconds

@@ -155,8 +155,11 @@ def build(client: Any, context: Path, echo: Echo) -> str:
     log: list[str] = []
     progress = reporter(echo)
     failed = (ImageBuildError, lambda exc: _build_message(explanation(exc), log))
+    gone = (ImageBuildError, lambda exc: _build_message(
+        f"the Docker engine stopped answering during the build ({exc}); was it restarted or "
+        "killed? Run the build again once `docker info` answers", log))
     with (
-        map_exceptions({"docker-api": failed}),
+        map_exceptions({"docker-api": failed, "docker-connection": gone}),
         progress.task("Building the image (no network)", None, "steps") as task,
     ):
         stream = client.api.build(

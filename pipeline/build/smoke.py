@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import socket
 import tarfile
 import time
 import urllib.error
@@ -171,7 +173,15 @@ def smoke_test(
     deadline_s: float = 120.0,
     echo: Echo = lambda _: None,
 ) -> SmokeResult:
-    running = start(client, image, deadline_s=deadline_s)
+    """Start `image`, post `rows`, check the answer, remove the container.
+
+    The container is labelled with this process (OWNER_LABEL): a build killed during its smoke
+    test cannot remove its container, so the next smoke test on this host removes those whose
+    process is gone.
+    """
+    for name in remove_orphans(client):
+        echo(f"  removed the container {name} of an interrupted smoke test")
+    running = start(client, image, deadline_s=deadline_s, labels={OWNER_LABEL: _owner()})
     try:
         echo(f"  ready after {running.ready_after_s:.1f}s; posting {len(rows)} example rows")
         answer = predict(running.url, rows)
@@ -182,6 +192,42 @@ def smoke_test(
         return SmokeResult(rows_out=rows_out, ready_after_s=running.ready_after_s)
     finally:
         stop(running.container)
+
+
+OWNER_LABEL = "io.bentoship.smoke-test.owner"  # "<host>:<pid>" of the build that started it
+
+
+def _owner(pid: int | None = None) -> str:
+    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
+
+
+def remove_orphans(client: Any) -> list[str]:
+    """Remove the smoke-test containers on this host whose build process no longer runs."""
+    import docker.errors
+
+    removed = []
+    host = socket.gethostname()
+    try:
+        found = client.containers.list(all=True, filters={"label": OWNER_LABEL})
+    except docker.errors.APIError:
+        return []
+    for container in found:
+        owner_host, _, pid = str(container.labels.get(OWNER_LABEL, "")).rpartition(":")
+        if owner_host != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        stop(container)
+        removed.append(str(container.name))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def example_row(container: Any) -> dict[str, Any]:

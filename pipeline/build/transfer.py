@@ -100,4 +100,12 @@ def push_message(
             f" The registry {registry} is not reachable: start the local one with "
             "`bash ci/setup.sh` or set BENTOSHIP_REGISTRY."
         )
+    if lowered.strip() in ("eof", "unexpected eof") or any(
+            s in lowered for s in ("connection reset", "broken pipe", "connection aborted")):
+        hint = (
+            f" The registry {registry} stopped answering during the push (it went down or "
+            "dropped the connection). It tags an image only once it holds all of it, so no tag "
+            "there points at a part of this one; run the same command again once it answers "
+            "(the image is kept locally, only the push is redone)."
+        )
     return f"pushing {repository} failed: {error.strip()}.{hint} Nothing was recorded as released."

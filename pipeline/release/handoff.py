@@ -28,7 +28,8 @@ production is still the release this one was planned against, and records that p
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -37,7 +38,7 @@ from pipeline import identity
 from pipeline.build.builder import BuildResult, build
 from pipeline.build.plan import BuildRequest, Plan
 from pipeline.config import ReleaseConfig, Settings
-from pipeline.errors import RehearsalFailed, ReleaseError
+from pipeline.errors import PipelineError, RehearsalFailed, ReleaseError
 from pipeline.models import registry
 from pipeline.release import lease, ledger
 from pipeline.release.api_diff import Change, diff_specs
@@ -206,8 +207,6 @@ def _release(
     allow_dirty: bool,
     rehearse: Rehearse | None = None,
 ) -> Handoff:
-    from pipeline.build.engine import connect
-
     mlflow_client = registry.settings_client(settings)
     checked: list[tuple[bytes, ApiCheck]] = []
 
@@ -217,7 +216,60 @@ def _release(
         checked.append((identity.canonical_json(plan.openapi), api))
 
     result = build(replace(req, push=True), settings, echo, check=guard)
-    assert result.digest is not None  # push=True either sets it or raises
+    assert result.digest is not None and result.pinned is not None  # push=True sets it or raises
+    with _pushed_unrecorded(result.pinned, mlflow_client.tracking_uri):
+        return _hand_over_pushed(result, settings, config, outdir, echo, mlflow_client, checked,
+                                 kind=kind, submit=submit, allow_breaking_api=allow_breaking_api,
+                                 allow_dirty=allow_dirty)
+
+
+@contextmanager
+def _pushed_unrecorded(pinned: str, tracking_uri: str) -> Iterator[None]:
+    """A failure after the push says that the image is in the registry and how to finish.
+
+    A release stopped here (MLflow gone, the lease lost, production moved) recorded nothing;
+    running it again reuses the pushed image (same labels), so only the recording is redone.
+    """
+    from mlflow.exceptions import MlflowException
+
+    finish = (f"The image was pushed as {pinned}, but nothing was recorded in the ledger. To "
+              "finish, run the same release again once MLflow answers: it reuses that image "
+              "instead of building it, and deletes what this one left unrecorded.")
+    try:
+        yield
+    except PipelineError as exc:
+        if exc.args and isinstance(exc.args[0], str) and pinned not in exc.args[0]:
+            exc.args = (f"{exc.args[0]}\n{finish}", *exc.args[1:])
+        raise
+    except MlflowException as exc:
+        raise ReleaseError(
+            f"{pinned} was pushed, but nothing was recorded: MLflow at {tracking_uri} stopped "
+            f"answering.\n{finish}\nMLflow's error: {_first_line(exc)}"
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def _hand_over_pushed(
+    result: BuildResult,
+    settings: Settings,
+    config: ReleaseConfig,
+    outdir: Path,
+    echo: Callable[[str], None],
+    mlflow_client: Any,
+    checked: list[tuple[bytes, ApiCheck]],
+    *,
+    kind: Literal["model", "hotfix"],
+    submit: bool,
+    allow_breaking_api: bool,
+    allow_dirty: bool,
+) -> Handoff:
+    from pipeline.build.engine import connect
+
+    assert result.digest is not None
     name = result.name
     production = ledger.latest_successful(mlflow_client, name=name)
     baseline = production.image.partition("@")[2] if production else None
@@ -271,6 +323,12 @@ def hand_over(
     """
     client = registry.settings_client(settings)
     with lease.hold(settings, spec.name, echo, wait_s=wait_s, client=client) as held:
+        # Holding the lease, no other release of the service is recording: a run without a
+        # status was left by one that was killed or lost MLflow before it recorded.
+        left = ledger.discard_unrecorded(client, spec.name)
+        if left:
+            echo(f"Deleted {len(left)} unrecorded ledger run(s) of {spec.name} left by an "
+                 f"interrupted release: {', '.join(r[:12] for r in left)}")
         release_id = ledger.open_release(client, spec, artifact_root=settings.embedded_artifact_root)
         try:
             hook, reporting, outcome_note = outcome_reporting(settings, config, release_id)
@@ -290,6 +348,7 @@ def hand_over(
                 submitted, note = submit_pipeline(files, submit)
             held.verify()
             ledger.check_production(client, spec.name, production)
+            echo(f"Recording release {release_id[:12]} in the ledger at {client.tracking_uri}")
             record = ledger.record_release(
                 client, spec, files,
                 artifact_root=settings.embedded_artifact_root,

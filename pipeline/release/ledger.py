@@ -198,6 +198,11 @@ def record_release(
     }
     if run_id is None:
         run_id = open_release(client, spec, artifact_root=artifact_root)
+    # The status tag is the commit point: written last, in a call of its own, after everything
+    # else. A release killed before it (or an MLflow that died) leaves a run without a status,
+    # which no reader counts (`list_releases`, production, `_pending`) and the next release of
+    # the service deletes (`discard_unrecorded`).
+    status_tag = tags.pop(f"{_TAG}status")
     try:
         client.log_batch(
             run_id,
@@ -213,13 +218,18 @@ def record_release(
             client.log_dict(run_id, dict(spec.openapi), OPENAPI_ARTIFACT)
         if api_diff is not None:
             client.log_dict(run_id, dict(api_diff), "openapi-diff.json")
-        client.set_terminated(run_id, status="FAILED" if "failed" in status else "FINISHED")
+        client.log_batch(run_id, tags=[RunTag(f"{_TAG}status", status_tag)])
     except (MlflowException, OSError) as exc:
-        client.delete_run(run_id)
+        discard_release(client, run_id)
         raise ReleaseError(
-            f"recording release {run_id} in {client.tracking_uri} failed half-way and was "
-            f"rolled back: {exc}"
+            f"recording release {run_id} in {client.tracking_uri} failed half-way: {exc}. "
+            "Nothing was recorded (a run without a status is not a release; the next release "
+            "of the service deletes it)"
         ) from exc
+    try:
+        client.set_terminated(run_id, status="FAILED" if "failed" in status else "FINISHED")
+    except (MlflowException, OSError):
+        pass  # recorded all the same: the status tag says so; the run's state is cosmetic
     return _record(client.get_run(run_id))
 
 
@@ -346,9 +356,10 @@ def open_release(
 ) -> str:
     """Make the run a release will be recorded in and return its id, the release id.
 
-    The run has no status until `record_release(..., run_id=...)` fills it in (it lists as
-    `recording`, and is never production); `discard_release` deletes it when the release
-    stops before that.
+    The run has no status until `record_release(..., run_id=...)` fills it in (`get_release`
+    shows it as `recording`; it is never listed, never production); `discard_release` deletes
+    it when the release stops before that, and if that fails too (MLflow gone, the process
+    killed) the next release of the service does (`discard_unrecorded`).
     """
     with map_exceptions({"mlflow": (
         ReleaseError, lambda exc: f"cannot record the release in {client.tracking_uri}: {exc}"
@@ -366,8 +377,29 @@ def discard_release(client: MlflowClient, run_id: str) -> None:
 
     try:
         client.delete_run(run_id)
-    except MlflowException:
-        pass  # the error that stopped the release is the one to report; the run lists as recording
+    except (MlflowException, OSError):
+        pass  # the error that stopped the release is the one to report; the run has no status
+
+
+def discard_unrecorded(client: MlflowClient, name: str) -> list[str]:
+    """Delete the runs of `name` that never got a status; return their ids.
+
+    Only a release holding the service's lease calls this: no other release of the service
+    is recording then, so such a run was left by one that was killed, or whose MLflow stopped
+    answering, before it recorded (a run without a status is not a release).
+    """
+    with map_exceptions({"mlflow": (
+        ReleaseError, lambda exc: f"cannot read the ledger at {client.tracking_uri}: {exc}"
+    )}):
+        experiment_id = _experiment_id(client)
+        if experiment_id is None:
+            return []
+        left = [run.info.run_id for run in
+                _runs(client, experiment_id, f"tags.`{_TAG}name` = '{name}'")
+                if not run.data.tags.get(f"{_TAG}status")]
+        for run_id in left:
+            client.delete_run(run_id)
+    return left
 
 
 def check_production(client: MlflowClient, name: str, expected: ReleaseRecord | None) -> None:
@@ -391,13 +423,19 @@ def check_production(client: MlflowClient, name: str, expected: ReleaseRecord | 
 def list_releases(
     client: MlflowClient, *, limit: int = 20, name: str | None = None
 ) -> list[ReleaseRecord]:
-    """The newest `limit` releases, newest first; optionally of one service only."""
+    """The newest `limit` recorded releases, newest first; optionally of one service only.
+
+    Runs without a status (a release still recording, or one that stopped before it recorded)
+    are not releases and are left out.
+    """
     if limit < 1:
         raise ReleaseError(f"limit must be at least 1, got {limit}")
     experiment_id = _experiment_id(client)
     if experiment_id is None:
         return []
-    filter_string = f"tags.`{_TAG}name` = '{name}'" if name else ""
+    filter_string = f"tags.`{_TAG}status` != ''"
+    if name:
+        filter_string += f" and tags.`{_TAG}name` = '{name}'"
     page = client.search_runs(
         [experiment_id], filter_string=filter_string, order_by=_ORDER, max_results=limit
     )

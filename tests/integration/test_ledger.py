@@ -390,8 +390,23 @@ def test_an_opened_release_is_never_production_and_can_be_discarded(
     run_id = ledger.open_release(client, spec(2, baseline=1), artifact_root=tmp_path / "a")
     assert ledger.get_release(client, run_id).status == "recording"
     assert ledger.latest_successful(client, name="demo-classifier") == one
+    assert [r.release_id for r in ledger.list_releases(client)] == [one.release_id]
     ledger.discard_release(client, run_id)
     assert [r.release_id for r in ledger.list_releases(client)] == [one.release_id]
+
+
+def test_a_run_an_interrupted_release_left_is_not_listed_and_the_next_release_deletes_it(
+    client: MlflowClient, tmp_path: Path
+) -> None:
+    one = record(client, tmp_path, spec(1))
+    left = ledger.open_release(client, spec(2, baseline=1), artifact_root=tmp_path / "a")
+    # Killed after everything but the status tag, the commit point, was written.
+    client.set_tag(left, "bentoship.kind", "model")
+    assert [r.release_id for r in ledger.list_releases(client)] == [one.release_id]
+    assert ledger.latest_successful(client, name="demo-classifier") == one
+    assert ledger.discard_unrecorded(client, "demo-classifier") == [left]
+    assert ledger.discard_unrecorded(client, "demo-classifier") == []
+    assert ledger.get_release(client, one.release_id) == one
 
 
 def test_cli_marks_a_release_and_explains_what_it_cannot(
