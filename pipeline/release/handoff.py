@@ -220,7 +220,7 @@ def _release(
     with _pushed_unrecorded(result.pinned, mlflow_client.tracking_uri):
         return _hand_over_pushed(result, settings, config, outdir, echo, mlflow_client, checked,
                                  kind=kind, submit=submit, allow_breaking_api=allow_breaking_api,
-                                 allow_dirty=allow_dirty)
+                                 allow_dirty=allow_dirty, rehearse=rehearse)
 
 
 @contextmanager
@@ -266,6 +266,7 @@ def _hand_over_pushed(
     submit: bool,
     allow_breaking_api: bool,
     allow_dirty: bool,
+    rehearse: Rehearse | None = None,
 ) -> Handoff:
     from pipeline.build.engine import connect
 
