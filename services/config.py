@@ -217,7 +217,7 @@ class Batching(_Frozen):
     # Rows of one batched model call; a request with more rows is scored alone.
     max_rows: int = Field(default=64, ge=1, le=100_000)
     # Longest a request waits for batch-mates before its model call starts.
-    max_wait_ms: float = Field(default=5.0, ge=0, le=1000)
+    max_wait_ms: float = Field(default=2.0, ge=0, le=1000)
 
 
 # Environment variable -> `batching` field it overrides.
