@@ -152,11 +152,14 @@ def serving_json(
     """The serving run: one entry per (rows, clients, server) in the table's order.
 
     `cold_start_s` has a number or None for `bentoship` and `mlflow`; `notes` says why a
-    figure is None (`batching`, `cold_start_s.<server>`). `batching` is None until the
-    service batches (issue 13, item 2).
+    figure is None (`batching`, `cold_start_s.<server>`). `batching` is the batching section's
+    figures per mode (`on`, `off`, ...), None when it did not run; `cells` is empty when only
+    that section ran (`--only batching`).
     """
     out_cells = []
     for rows, clients in SERVING_SCENARIOS:
+        if ("bentoship", rows, clients) not in cells:
+            continue
         ours = cells[("bentoship", rows, clients)].rate()
         for server in SERVERS:
             cell = cells[(server, rows, clients)]

@@ -45,6 +45,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from pipeline.canary import Canary
 from pipeline.errors import ConfigError
+from services.config import Batching
 
 DEFAULT_CONFIG_FILE = Path("bentoship.toml")
 
@@ -332,6 +333,9 @@ class ServiceTable(_Model):
     key_field: FieldName | None = "request_id"
     """The request field whose value keeps a caller on one variant (sticky A/B); none: only the
     key header and random assignment."""
+    batching: Batching = Batching()
+    """The `[service.batching]` table: adaptive micro-batching (`enabled`, `max_rows`,
+    `max_wait_ms`; services/README.md); the container's environment overrides it."""
     base_dir: Path = Path(".")
     """Where `hooks` paths are relative to (the directory of bentoship.toml; not a key)."""
 

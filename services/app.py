@@ -17,6 +17,8 @@ scored in the worker's bounded model-call pool (:mod:`services.calls`): within
 ``serving.model_timeout_s`` or a 503 ``model_timeout``, and a 503 ``overloaded`` when every slot
 is taken. A small request without hooks is scored inline on the event loop: a native model
 answers it in well under a millisecond, and the thread hop would cost more than the call.
+With ``batching.enabled`` every request goes through :mod:`services.batching` instead, whose
+batched model calls always run in that pool.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from services.batching import Batcher
 from services.calls import ModelCalls
 from services.config import ServiceConfig
 from services.errors import (
@@ -89,6 +92,7 @@ def create_app(config: ServiceConfig, state: AppState) -> Starlette:
     # Hooks are the team's code: they may call out or take long, so they always get the deadline.
     inline_limit = -1 if config.hooks is not None else INLINE_BODY_BYTES
     calls = ModelCalls(config.serving.max_model_calls, config.serving.model_timeout_s)
+    batcher = Batcher(config.batching, calls) if config.batching.enabled else None
 
     async def predict(request: Request) -> Response:
         started = time.perf_counter()
@@ -103,7 +107,12 @@ def create_app(config: ServiceConfig, state: AppState) -> Starlette:
             override = (
                 (headers.get(override_header, "").strip() or None) if override_header else None
             )
-            if len(raw) <= inline_limit:
+            if batcher is not None:
+                result = await batcher.predict(
+                    predictor, raw, header_key=header_key, override=override,
+                    offload=len(raw) > inline_limit, metrics=state.metrics,
+                )
+            elif len(raw) <= inline_limit:
                 result = predictor.predict_body(raw, header_key=header_key, override=override)
             else:
                 result = await calls.run(

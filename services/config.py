@@ -6,8 +6,9 @@ The pipeline builds a :class:`ServiceConfig`, writes ``config.model_dump_json()`
 
 The ``serving`` knobs (workers, model-call deadline, concurrent model calls) depend on where the
 image runs, so the environment overrides them: ``BENTOSHIP_WORKERS``,
-``BENTOSHIP_MODEL_TIMEOUT_S`` and ``BENTOSHIP_MAX_MODEL_CALLS``. This is the one module of
-``services/`` that reads the environment.
+``BENTOSHIP_MODEL_TIMEOUT_S`` and ``BENTOSHIP_MAX_MODEL_CALLS``; so are the ``batching`` knobs
+(``BENTOSHIP_BATCHING``, ``BENTOSHIP_BATCH_MAX_ROWS``, ``BENTOSHIP_BATCH_MAX_WAIT_MS``). This is
+the one module of ``services/`` that reads the environment.
 """
 
 from __future__ import annotations
@@ -206,6 +207,27 @@ class Serving(_Frozen):
     max_model_calls: int = Field(default=8, ge=1, le=256)
 
 
+class Batching(_Frozen):
+    """Adaptive micro-batching (``services/batching.py``): concurrent requests for one variant
+    are scored in one model call of at most ``max_rows`` rows, each waiting at most
+    ``max_wait_ms`` for batch-mates before the call starts. Off by default: a lone request
+    waits ``max_wait_ms`` for nobody."""
+
+    enabled: bool = False
+    # Rows of one batched model call; a request with more rows is scored alone.
+    max_rows: int = Field(default=64, ge=1, le=100_000)
+    # Longest a request waits for batch-mates before its model call starts.
+    max_wait_ms: float = Field(default=2.0, ge=0, le=1000)
+
+
+# Environment variable -> `batching` field it overrides.
+BATCHING_ENV = {
+    "BENTOSHIP_BATCHING": "enabled",
+    "BENTOSHIP_BATCH_MAX_ROWS": "max_rows",
+    "BENTOSHIP_BATCH_MAX_WAIT_MS": "max_wait_ms",
+}
+
+
 # Environment variable -> `serving` field it overrides.
 SERVING_ENV = {
     "BENTOSHIP_WORKERS": "workers",
@@ -232,6 +254,7 @@ class ServiceConfig(_Frozen):
     threshold: float = 0.5
     hooks: HookConfig | None = None
     serving: Serving = Serving()
+    batching: Batching = Batching()
 
     @field_validator("name")
     @classmethod
@@ -406,22 +429,32 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> S
 
 
 def with_serving_env(config: ServiceConfig, environ: Mapping[str, str]) -> ServiceConfig:
-    """``config`` with the ``serving`` fields that ``environ`` sets (an empty value is unset)."""
-    overrides = {field: environ[name] for name, field in SERVING_ENV.items() if environ.get(name)}
-    if not overrides:
+    """``config`` with the ``serving`` and ``batching`` fields that ``environ`` sets (an empty
+    value is unset)."""
+    serving = _with_env(config.serving, SERVING_ENV, environ, "serving")
+    batching = _with_env(config.batching, BATCHING_ENV, environ, "batching")
+    if serving is config.serving and batching is config.batching:
         return config
+    return config.model_copy(update={"serving": serving, "batching": batching})
+
+
+def _with_env(
+    section: _Frozen, variables: Mapping[str, str], environ: Mapping[str, str], what: str
+) -> _Frozen:
+    overrides = {field: environ[name] for name, field in variables.items() if environ.get(name)}
+    if not overrides:
+        return section
     try:
-        serving = Serving.model_validate({**config.serving.model_dump(), **overrides})
+        return type(section).model_validate({**section.model_dump(), **overrides})
     except ValidationError as exc:
-        by_field = {field: name for name, field in SERVING_ENV.items()}
+        by_field = {field: name for name, field in variables.items()}
         problems = [
             f"  {by_field.get(str(e['loc'][0]), e['loc'][0])}={overrides.get(str(e['loc'][0]))!r}: "
             f"{e['msg']}"
             for e in exc.errors(include_url=False)
         ]
-        raise ConfigError("invalid serving setting(s) in the environment\n"
+        raise ConfigError(f"invalid {what} setting(s) in the environment\n"
                           + "\n".join(problems)) from None
-    return config.model_copy(update={"serving": serving})
 
 
 def _format_validation(path: Path, exc: ValidationError) -> str:

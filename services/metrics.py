@@ -9,7 +9,12 @@
 ``bentoship_prediction_confidence``         histogram  ``variant`` (classifiers: top probability)
 ``bentoship_prediction_score``              histogram  ``variant`` (binary: P(positive class))
 ``bentoship_prediction_value``              histogram  ``variant``, ``target`` (regressors)
+``bentoship_batch_rows``                    histogram  ``variant`` (with ``batching.enabled``)
+``bentoship_batch_requests``                histogram  ``variant`` (with ``batching.enabled``)
 ==========================================  =========  ====================================
+
+With batching on (``services/batching.py``), every model call of a variant observes the rows
+and the requests it scored together; without it they are never observed, so never exported.
 
 What the models answer, per variant, for every task kind: a classifier's labels (every row
 counted) and its top probability; a binary classifier's score; a regressor's values (``target``
@@ -88,6 +93,9 @@ METRIC_NAMES = (
 )
 
 
+BATCH_METRIC_NAMES = ("bentoship_batch_rows", "bentoship_batch_requests")
+BATCH_REQUESTS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
 SUCCESS_CAUSE = "none"
 
 
@@ -101,6 +109,14 @@ class Metrics:
     confidence: Any
     score: Any
     value: Any
+    batch_rows: Any = None
+    batch_requests: Any = None
+
+    def record_batch(self, variant: str, rows: int, requests: int) -> None:
+        """One batched model call of ``variant``: the rows and requests it scored together."""
+        if self.batch_rows is not None:
+            self.batch_rows.labels(variant=variant).observe(rows)
+            self.batch_requests.labels(variant=variant).observe(requests)
 
     def record_success(
         self, duration: float, answers: Mapping[str, VariantAnswer], output: Output
@@ -213,6 +229,20 @@ def _register(prometheus_client: Any, registry: Any) -> Metrics:
             "Predicted values, by variant and target (regressors).",
             ["variant", "target"],
             buckets=VALUE_BUCKETS,
+            registry=registry,
+        ),
+        batch_rows=prometheus_client.Histogram(
+            "bentoship_batch_rows",
+            "Rows scored in one model call, by variant (adaptive batching).",
+            ["variant"],
+            buckets=ROWS_BUCKETS,
+            registry=registry,
+        ),
+        batch_requests=prometheus_client.Histogram(
+            "bentoship_batch_requests",
+            "Requests scored together in one model call, by variant (adaptive batching).",
+            ["variant"],
+            buckets=BATCH_REQUESTS_BUCKETS,
             registry=registry,
         ),
     )

@@ -16,7 +16,7 @@ it is ``model_failed``.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +47,28 @@ class Prediction:
 
     rows: list[dict[str, Any]]
     answers: dict[str, VariantAnswer]
+
+
+@dataclass(frozen=True)
+class Part:
+    """The rows of one request that one variant scores: its matrix and their positions."""
+
+    variant: str
+    matrix: np.ndarray
+    positions: np.ndarray
+
+    @property
+    def rows(self) -> int:
+        return int(self.matrix.shape[0])
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """A validated, routed (and preprocessed) request: what each variant has to score."""
+
+    size: int
+    parts: list[Part]
+    request: Any = None  # the request DataFrame when hooks run, for postprocess
 
 
 @dataclass(frozen=True)
@@ -97,6 +119,21 @@ class Predictor:
         override: str | None = None,
         draw: Callable[[], float] = random.random,
     ) -> Prediction:
+        scoring = self.prepare(body, header_key=header_key, override=override, draw=draw)
+        values = [self.score(part.variant, part.matrix, part.positions) for part in scoring.parts]
+        return self.finish(scoring, values)
+
+    def prepare(
+        self,
+        body: Any,
+        *,
+        header_key: str | None = None,
+        override: str | None = None,
+        draw: Callable[[], float] = random.random,
+    ) -> Scoring:
+        """Validate a parsed body, route its rows and run the preprocess hook: what each
+        variant has to score (``services/batching.py`` scores the parts of many requests in
+        one model call, then :meth:`finish` answers each)."""
         batch = validate(body, self.schema)
         assignment = assign(self.router, batch.keys, header_key, override, draw)
         request = None
@@ -110,39 +147,53 @@ class Predictor:
         names = self.router.names
         first = int(assignment[0])
         if len(names) == 1 or not np.any(assignment != first):
-            rows, answer = self._score_variant(names[first], matrix, np.arange(len(batch)))
-            answers = {names[first]: answer}
+            parts = [Part(names[first], matrix, np.arange(len(batch)))]
         else:
-            rows = [{}] * len(batch)
-            answers = {}
+            parts = []
             for index, name in enumerate(names):
                 positions = np.flatnonzero(assignment == index)
-                if positions.size == 0:
-                    continue
-                part, answer = self._score_variant(name, matrix[positions], positions)
-                for position, row in zip(positions.tolist(), part):
-                    rows[position] = row
-                answers[name] = answer
-        if self.hooks.postprocess is not None:
-            assert self.config.hooks is not None
-            rows = frames.run_postprocess(self.hooks.postprocess, request, rows,
-                                          self.config.hooks.response)
-        return Prediction(rows=rows, answers=answers)
+                if positions.size:
+                    parts.append(Part(name, matrix[positions], positions))
+        return Scoring(len(batch), parts, request)
 
-    def _score_variant(
-        self, name: str, matrix: np.ndarray, positions: np.ndarray
-    ) -> tuple[list[dict[str, Any]], VariantAnswer]:
-        """Score `matrix` (the request's rows at `positions`) with one variant."""
-        variant = self.config.variant(name)
+    def score(self, name: str, matrix: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """One variant's checked ``(n, k)`` answer for `matrix` (the request's rows at
+        `positions`); a ``ServiceError`` carries the variant."""
         try:
-            values = self._predict(name, matrix, positions)
-            answer = decide(self.config.output, values, self.config.threshold)
-            rows = answer_rows(self.config.output, answer)
+            return self._predict(name, matrix, positions)
         except ServiceError as exc:
             exc.variant = name
             raise
+
+    def finish(self, scoring: Scoring, values: Sequence[np.ndarray]) -> Prediction:
+        """Response rows in input order from each part's answer (``values``, in part order)."""
+        answers: dict[str, VariantAnswer] = {}
+        if len(scoring.parts) == 1:
+            rows, answers[scoring.parts[0].variant] = self._answer(scoring.parts[0], values[0])
+        else:
+            rows = [{}] * scoring.size
+            for part, value in zip(scoring.parts, values):
+                part_rows, answers[part.variant] = self._answer(part, value)
+                for position, row in zip(part.positions.tolist(), part_rows):
+                    rows[position] = row
+        if self.hooks.postprocess is not None:
+            assert self.config.hooks is not None
+            rows = frames.run_postprocess(self.hooks.postprocess, scoring.request, rows,
+                                          self.config.hooks.response)
+        return Prediction(rows=rows, answers=answers)
+
+    def _answer(
+        self, part: Part, values: np.ndarray
+    ) -> tuple[list[dict[str, Any]], VariantAnswer]:
+        variant = self.config.variant(part.variant)
+        try:
+            answer = decide(self.config.output, values, self.config.threshold)
+            rows = answer_rows(self.config.output, answer)
+        except ServiceError as exc:
+            exc.variant = part.variant
+            raise
         for row in rows:
-            row["variant"] = name
+            row["variant"] = part.variant
             row["model_version"] = variant.version
         return rows, answer
 

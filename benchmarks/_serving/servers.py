@@ -99,14 +99,17 @@ def _rows_scores(body: bytes) -> list[float]:
     return [row["score"] for row in orjson.loads(body)["rows"]]
 
 
-def start_bentoship(bento_dir: Path, bentoml_home: Path, work: Path) -> Server:
+def start_bentoship(bento_dir: Path, bentoml_home: Path, work: Path, *,
+                    key: str = "bentoship", label: str = "this service (bentoship)",
+                    env: dict[str, str] | None = None) -> Server:
+    """`env`: the container's environment, e.g. `BENTOSHIP_BATCHING` (services/config.py)."""
     port = free_port()
-    log = work / "bentoship.log"
+    log = work / f"{key}.log"
     command = [str(BIN / "bentoml"), "serve", str(bento_dir), "--host", "127.0.0.1",
                "--port", str(port)]
-    process = _start(command, log, work, _env(BENTOML_HOME=str(bentoml_home)))
+    process = _start(command, log, work, _env(BENTOML_HOME=str(bentoml_home), **(env or {})))
     base = f"http://127.0.0.1:{port}"
-    return Server("bentoship", "this service (bentoship)", f"{base}/predict", f"{base}/readyz",
+    return Server(key, label, f"{base}/predict", f"{base}/readyz",
                   process, log, _rows_body, _rows_scores)
 
 

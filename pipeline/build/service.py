@@ -60,6 +60,7 @@ def service_config(
         "allow_pickle": req.allow_pickle,
         "trusted_types": list(req.all_trusted_types),
         "threshold": req.threshold,
+        "batching": req.build_config.service.batching.model_dump(),
     }
 
 

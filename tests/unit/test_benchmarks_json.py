@@ -104,6 +104,9 @@ def test_serving_json_carries_batching_figures_once_there_are_some() -> None:
 
     assert document["batching"] == figures
     assert document["cold_start_s"] == {"bentoship": None, "mlflow": None}
+    # `--only batching`: no table, the batching figures alone.
+    alone = json.loads(_dumped(serving_json({}, {}, {}, batching=figures)))
+    assert alone["cells"] == [] and alone["batching"] == figures
 
 
 def test_with_json_stdout_only_the_document_reaches_stdout() -> None:

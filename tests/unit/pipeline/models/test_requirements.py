@@ -301,3 +301,18 @@ def test_build_refuses_an_unknown_build_key_before_anything_else(
         result.output
     )
     assert not (tmp_path / "mlflow.db").exists()  # refused before the registry was opened
+
+
+def test_service_batching_table_is_validated_with_the_service_config_fields(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "bentoship.toml"
+    path.write_text("[service.batching]\nenabled = true\nmax_rows = 32\nmax_wait_ms = 2\n")
+    batching = load_build_config(path).service.batching
+    assert (batching.enabled, batching.max_rows, batching.max_wait_ms) == (True, 32, 2.0)
+    assert load_build_config(None).service.batching.enabled is False
+    path.write_text("[service.batching]\nmax_row = 32\n")
+    with pytest.raises(ConfigError) as info:
+        load_build_config(path)
+    assert ("service.batching.max_row: unknown key; allowed keys here: enabled, max_rows, "
+            "max_wait_ms") in str(info.value)
