@@ -47,7 +47,6 @@ _NOISE_SCALE = 1e-5
 NODATA_SHARE = 0.5
 
 PASS, HIGH, LOW, NODATA, NODATA_FAIL = "Pass", "High", "Low", "Nodata", "NodataFailMetric"
-VERDICTS = ("pass", "marginal", "fail")
 
 
 @dataclass(frozen=True)

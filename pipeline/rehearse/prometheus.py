@@ -15,7 +15,6 @@ answers them: "NaN" (0/0, a window without requests) stays NaN for the judge's N
 from __future__ import annotations
 
 import json
-import math
 import re
 import shutil
 import socket
@@ -197,6 +196,3 @@ def running(pods: Sequence[Pod], relabel_configs: Sequence[Mapping[str, Any]],
             shutil.copy(config_file, keep / "prometheus.yml")
         shutil.rmtree(directory, ignore_errors=True)
 
-
-def finite(values: Sequence[float]) -> list[float]:
-    return [v for v in values if not math.isnan(v)]

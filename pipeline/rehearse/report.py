@@ -48,7 +48,8 @@ def _figure(metric: Classification, step_s: int) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def _mean(values: Sequence[float]) -> str:
+def mean_text(values: Sequence[float]) -> str:
+    """A side's mean for people: four significant digits, `-` without data."""
     return f"{sum(values) / len(values):.4g}" if values else "-"
 
 
@@ -63,8 +64,8 @@ def write_report(path: Path, verdict: Verdict, *, title: str, step_s: int,
             f"<tr><td>{html.escape(m.name)}</td><td>{html.escape(m.group)}</td>"
             f"<td style='color:{colour};font-weight:bold'>{m.classification}"
             f"{' (critical)' if m.failed_critically else ''}</td>"
-            f"<td>{'yes' if m.critical else ''}</td><td>{_mean(m.control)}</td>"
-            f"<td>{_mean(m.experiment)}</td><td>{ratio}</td>"
+            f"<td>{'yes' if m.critical else ''}</td><td>{mean_text(m.control)}</td>"
+            f"<td>{mean_text(m.experiment)}</td><td>{ratio}</td>"
             f"<td>{len(m.control)} / {len(m.experiment)}</td>"
             f"<td>{html.escape(m.reason)}</td></tr>"
             f"<tr><td colspan='9'><img alt='{html.escape(m.name)}' "

@@ -267,8 +267,7 @@ def rehearse_release(directory: Path, options: Options, *, settings: Any, echo: 
 
 def table(verdict: Verdict) -> str:
     """The verdict for a terminal: one line per metric, then the score."""
-    def number(values: Sequence[float]) -> str:
-        return f"{sum(values) / len(values):.4g}" if values else "-"
+    from pipeline.rehearse.report import mean_text
 
     header = ("metric", "group", "classification", "critical", "baseline", "canary", "ratio")
     lines = [header]
@@ -276,8 +275,8 @@ def table(verdict: Verdict) -> str:
         ratio = "-" if m.effect_size is None or math.isnan(m.effect_size) else (
             f"{m.effect_size:.3f}")
         kind = m.classification + (" (fails the canary)" if m.failed_critically else "")
-        lines.append((m.name, m.group, kind, "yes" if m.critical else "", number(m.control),
-                      number(m.experiment), ratio))
+        lines.append((m.name, m.group, kind, "yes" if m.critical else "", mean_text(m.control),
+                      mean_text(m.experiment), ratio))
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
     text = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
             for row in lines]

@@ -13,7 +13,9 @@ seconds whatever the answers take, so a slow canary cannot slow the traffic down
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
+import queue
 import random
 import threading
 import time
@@ -91,10 +93,9 @@ def _evaluation_rows(client: Any, run_id: str | None, echo: Callable[[str], None
         if "evaluation" not in contexts:
             continue
         try:
-            frame = mlflow.data.get_source(item.dataset).load()
             import pandas as pd
 
-            path = Path(frame)
+            path = Path(mlflow.data.get_source(item.dataset).load())
             table = (pd.read_parquet(path) if path.suffix == ".parquet"
                      else pd.read_json(path, lines=True) if path.suffix == ".jsonl"
                      else pd.read_csv(path))
@@ -145,30 +146,20 @@ class Replay:
 
 
 def replay(bodies: Sequence[Body], pods: Mapping[str, str], rate: float, duration_s: float,
-           *, seed: int = 0, workers: int = 32, stop: threading.Event | None = None,
-           timeout_s: float = 10.0) -> Replay:
+           *, seed: int = 0, workers: int = 32, timeout_s: float = 10.0) -> Replay:
     """POST /predict at `rate` requests per second for `duration_s`, pods chosen uniformly."""
     if rate <= 0:
         raise ReleaseError(f"--rate must be positive, got {rate}")
-    stop = stop or threading.Event()
     rng = random.Random(seed)
     names = sorted(pods)
     result = Replay()
     lock = threading.Lock()
-    slots = threading.Semaphore(0)
-    plan: list[tuple[str, Body]] = []
-    plan_lock = threading.Lock()
+    requests: queue.Queue[tuple[str, Body] | None] = queue.Queue()
 
     def worker() -> None:
         connections: dict[str, http.client.HTTPConnection] = {}
-        while True:
-            slots.acquire()
-            with plan_lock:
-                if not plan:
-                    return
-                pod, body = plan.pop(0)
-            if not pod:
-                return
+        while (item := requests.get()) is not None:
+            pod, body = item
             for attempt in (1, 2):
                 reused = pod in connections
                 try:
@@ -191,26 +182,18 @@ def replay(bodies: Sequence[Body], pods: Mapping[str, str], rate: float, duratio
     for t in threads:
         t.start()
     started = time.monotonic()
-    n = 0
-    while not stop.is_set():
+    for n in itertools.count():
         due = started + n / rate
-        now = time.monotonic()
         if due - started >= duration_s:
             break
-        if due > now:
-            time.sleep(due - now)
+        time.sleep(max(0.0, due - time.monotonic()))
         pod = rng.choice(names)
-        with plan_lock:
-            if len(plan) > workers * 4:
-                result.backlog += 1
-            plan.append((pod, bodies[rng.randrange(len(bodies))]))
+        if requests.qsize() > workers * 4:
+            result.backlog += 1
+        requests.put((pod, bodies[rng.randrange(len(bodies))]))
         result.sent[pod] += 1
-        slots.release()
-        n += 1
-    with plan_lock:
-        plan.extend(("", b"") for _ in threads)
     for _ in threads:
-        slots.release()
+        requests.put(None)
     for t in threads:
         t.join(timeout=timeout_s + 5)
     return result
