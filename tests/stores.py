@@ -43,9 +43,9 @@ def promote(settings: Settings, release_id: str) -> None:
     """Say the release's pipeline promoted it, as its outcome webhook or `releases mark` does:
     production is the newest promoted release, and the next release is compared with it."""
     from pipeline.models.registry import settings_client
-    from pipeline.release import ledger
+    from pipeline.release import marking
 
-    ledger.mark_release(settings_client(settings), release_id, "promoted", by="tests")
+    marking.mark_release(settings_client(settings), release_id, "promoted", by="tests")
 
 
 def train_demo(settings: Settings) -> None:

@@ -250,7 +250,7 @@ def list_releases(limit: int, name: str | None, output: str) -> None:
 @output_option
 def show_release(release_id: str, output: str) -> None:
     """Show one release; ID is its run id or any unique prefix of it."""
-    from pipeline.release import ledger
+    from pipeline.release import ledger, marking
 
     client = _client()
     record = ledger.get_release(client, release_id)
@@ -280,7 +280,7 @@ def show_release(release_id: str, output: str) -> None:
         f"Files     {record.artifact_uri}",
         *(f"          {path}" for path in files),
     ]
-    history = ledger.outcome_history(client, record.release_id)
+    history = marking.outcome_history(client, record.release_id)
     lines += [f"History   {h.get('at')}: {h.get('from')} -> {h.get('to')} by {h.get('by')}"
               + (f" ({h['reason']})" if h.get("reason") else "") for h in history]
     emit({"release": record.to_dict(), "files": files, "history": history}, output,
@@ -315,11 +315,11 @@ render time; otherwise run this by hand or from a Spinnaker Run Job stage:
 @click.option("--reason", default="", metavar="TEXT", help="Why, kept in its history.")
 @output_option
 def mark_release(release_id: str, status: str, reason: str, output: str) -> None:
-    from pipeline.release import ledger
+    from pipeline.release import marking
 
     settings = load_settings()
     client = _client()
-    done = ledger.mark_release(client, release_id, status, by=_marked_by(settings.ci_job),
+    done = marking.mark_release(client, release_id, status, by=_marked_by(settings.ci_job),
                                reason=reason)
     record = done.record
     if done.changed:

@@ -91,7 +91,7 @@ class Outcome:
 
 
 Handle = Callable[[RegistryEvent], Outcome]
-# Record a reported outcome: (release id, outcome, who reported it) -> ledger.Marked
+# Record a reported outcome: (release id, outcome, who reported it) -> marking.Marked
 Mark = Callable[[str, str, str], Any]
 Filter = Callable[[RegistryEvent], str | None]  # a reason to ignore the event, or None
 
@@ -426,10 +426,10 @@ def webhook_receiver(
 def ledger_marker(settings: Settings) -> Mark:
     """Mark releases in the ledger of `settings` (what the receiver does with an outcome)."""
     from pipeline.models.registry import settings_client
-    from pipeline.release import ledger
+    from pipeline.release import marking
 
     def mark(release_id: str, outcome: str, by: str) -> Any:
-        return ledger.mark_release(settings_client(settings), release_id, outcome, by=by,
+        return marking.mark_release(settings_client(settings), release_id, outcome, by=by,
                                    reason=f"reported by the release's pipeline: {outcome}")
 
     return mark

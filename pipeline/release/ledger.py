@@ -10,7 +10,8 @@ was planned, `none` for a first release) and whether a dirty work tree was allow
 
 A release's status says how far it got. It is recorded `handed-off` (its files written, and
 submitted with `--submit`), or `rendered` / `rehearsal_failed` (not handed off); the pipeline
-(or someone, `bentoship releases mark`) then reports what became of it, `mark_release`:
+(or someone, `bentoship releases mark`) then reports what became of it
+(`marking.mark_release`, marking.py):
 
     handed-off ──▶ promoted ──▶ rolled-back      (a later rollback replaced it)
          ├───────▶ rolled-back                   (it reached production and was undone)
@@ -46,7 +47,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import (
-    BadTransition,
     ConfigError,
     ReleaseConflict,
     ReleaseError,
@@ -73,7 +73,7 @@ _LEGACY_STATUSES = {"succeeded": HANDED_OFF}  # before outcomes, "succeeded" mea
 # explicitly, or production recorded no spec to compare with.
 API_CHANGES = ("none", "compatible", "breaking-allowed", "unchecked")
 OPENAPI_ARTIFACT = "openapi.json"
-_TAG = "bentoship."
+TAG = "bentoship."  # the prefix of every tag a release run carries
 _ORDER = ["attributes.start_time DESC"]
 
 
@@ -159,24 +159,24 @@ def record_release(
         raise ReleaseError(f"cannot record the release: rendered files are missing: {missing}")
 
     tags = {
-        f"{_TAG}name": spec.name,
-        f"{_TAG}kind": spec.kind,
-        f"{_TAG}status": status,
-        f"{_TAG}mode": spec.mode,
-        f"{_TAG}image": spec.image,
-        f"{_TAG}image.tag": spec.image_tag,
-        f"{_TAG}image.digest": spec.digest,
-        f"{_TAG}baseline": spec.baseline_image or "",
-        f"{_TAG}code_version": spec.code_version,
+        f"{TAG}name": spec.name,
+        f"{TAG}kind": spec.kind,
+        f"{TAG}status": status,
+        f"{TAG}mode": spec.mode,
+        f"{TAG}image": spec.image,
+        f"{TAG}image.tag": spec.image_tag,
+        f"{TAG}image.digest": spec.digest,
+        f"{TAG}baseline": spec.baseline_image or "",
+        f"{TAG}code_version": spec.code_version,
         **{
-            f"{_TAG}model.{variant}": f"{m['name']}/{m['version']}"
+            f"{TAG}model.{variant}": f"{m['name']}/{m['version']}"
             for variant, m in spec.model_versions.items()
         },
-        **({f"{_TAG}api_change": api_change} if api_change else {}),
-        f"{_TAG}predecessor": predecessor or "none",
-        **({f"{_TAG}allow_dirty": str(allow_dirty).lower()} if allow_dirty is not None else {}),
-        **({f"{_TAG}trusted_types": ",".join(trusted_types)} if trusted_types else {}),
-        **({f"{_TAG}outcome_reporting": outcome_reporting} if outcome_reporting else {}),
+        **({f"{TAG}api_change": api_change} if api_change else {}),
+        f"{TAG}predecessor": predecessor or "none",
+        **({f"{TAG}allow_dirty": str(allow_dirty).lower()} if allow_dirty is not None else {}),
+        **({f"{TAG}trusted_types": ",".join(trusted_types)} if trusted_types else {}),
+        **({f"{TAG}outcome_reporting": outcome_reporting} if outcome_reporting else {}),
     }
     params = {
         "name": spec.name,
@@ -202,7 +202,7 @@ def record_release(
     # else. A release killed before it (or an MLflow that died) leaves a run without a status,
     # which no reader counts (`list_releases`, production, `_pending`) and the next release of
     # the service deletes (`discard_unrecorded`).
-    status_tag = tags.pop(f"{_TAG}status")
+    status_tag = tags.pop(f"{TAG}status")
     try:
         client.log_batch(
             run_id,
@@ -218,7 +218,7 @@ def record_release(
             client.log_dict(run_id, dict(spec.openapi), OPENAPI_ARTIFACT)
         if api_diff is not None:
             client.log_dict(run_id, dict(api_diff), "openapi-diff.json")
-        client.log_batch(run_id, tags=[RunTag(f"{_TAG}status", status_tag)])
+        client.log_batch(run_id, tags=[RunTag(f"{TAG}status", status_tag)])
     except (MlflowException, OSError) as exc:
         discard_release(client, run_id)
         raise ReleaseError(
@@ -231,124 +231,6 @@ def record_release(
     except (MlflowException, OSError):
         pass  # recorded all the same: the status tag says so; the run's state is cosmetic
     return _record(client.get_run(run_id))
-
-
-@dataclass(frozen=True)
-class Marked:
-    """What `mark_release` did: the release as read back, and whether its status changed."""
-
-    record: ReleaseRecord
-    changed: bool
-    previous: str  # the status it had
-    also: tuple[ReleaseRecord, ...] = ()  # releases marked rolled-back because of this one
-
-
-def mark_release(
-    client: MlflowClient,
-    release_id: str,
-    status: str,
-    *,
-    by: str,
-    reason: str = "",
-    now: datetime | None = None,
-) -> Marked:
-    """Record what became of a release: `status` must follow its current one (TRANSITIONS).
-
-    `release_id` is a run id or unique prefix (ReleaseNotFound otherwise). The same status again
-    changes nothing (`changed` False): outcomes may be reported twice. Any other change not in
-    TRANSITIONS is BadTransition. `by` says who or what marked it, `reason` why; both are kept
-    with the time in the release's outcome history. A promoted rollback marks the release it
-    replaced (its predecessor, when that one is promoted) rolled-back.
-    """
-    if status not in STATUSES:
-        raise ConfigError(f"status {status!r} is not one of {', '.join(STATUSES)}")
-    with map_exceptions({"mlflow": (
-        ReleaseError, lambda exc: f"cannot mark release {release_id} in {client.tracking_uri}: "
-        f"{exc}"
-    )}):
-        record = get_release(client, release_id)
-        if record.status == status:
-            return Marked(record, False, record.status)
-        allowed = TRANSITIONS.get(record.status, ())
-        if status not in allowed:
-            raise BadTransition(
-                f"release {record.short_id} is {record.status or 'without a status'}; it cannot "
-                f"be marked {status}: "
-                + (f"from {record.status} only {' or '.join(allowed)}" if allowed else
-                   f"{record.status or 'such a release'} is final")
-                + ". Allowed: handed-off -> promoted, rolled-back or failed; promoted -> "
-                "rolled-back."
-            )
-        _set_status(client, record, status, by=by, reason=reason, now=now)
-        also: list[ReleaseRecord] = []
-        if status == PROMOTED and record.kind == "rollback" and record.predecessor not in ("",
-                                                                                           "none"):
-            try:
-                replaced = get_release(client, record.predecessor)
-            except ReleaseNotFound:
-                replaced = None
-            if replaced is not None and replaced.status == PROMOTED:
-                _set_status(client, replaced, "rolled-back", by=by, now=now,
-                            reason=f"rollback release {record.short_id} replaced it in production")
-                also.append(get_release(client, replaced.release_id))
-        return Marked(get_release(client, record.release_id), True, record.status, tuple(also))
-
-
-def _set_status(
-    client: MlflowClient,
-    record: ReleaseRecord,
-    status: str,
-    *,
-    by: str,
-    reason: str,
-    now: datetime | None,
-) -> None:
-    import json
-
-    from mlflow.entities import RunTag
-
-    at = (now or datetime.now(UTC)).isoformat(timespec="seconds")
-    run = client.get_run(record.release_id)
-    try:
-        history = json.loads(run.data.tags.get(f"{_TAG}outcome_history", "[]"))
-    except ValueError:
-        history = []
-    history = [*history, {"from": record.status, "to": status, "at": at, "by": by,
-                          "reason": reason}]
-    tags = {
-        f"{_TAG}status": status,
-        f"{_TAG}outcome_at": at,
-        f"{_TAG}outcome_by": by,
-        f"{_TAG}outcome_reason": reason,
-        # MLflow limits a tag value to 8,000 characters: keep the newest changes that fit.
-        f"{_TAG}outcome_history": _fitting(history, 8000),
-    }
-    # One call: the status and its history change together or not at all.
-    client.log_batch(record.release_id, tags=[RunTag(k, v) for k, v in tags.items()])
-    if status == "failed":
-        client.set_terminated(record.release_id, status="FAILED")
-
-
-def _fitting(history: list[dict[str, str]], limit: int) -> str:
-    import json
-
-    while True:
-        text = json.dumps(history, separators=(",", ":"))
-        if len(text) <= limit or len(history) <= 1:
-            return text[:limit]
-        history = history[1:]
-
-
-def outcome_history(client: MlflowClient, release_id: str) -> list[dict[str, str]]:
-    """Every status change recorded for a release after it was recorded, oldest first."""
-    import json
-
-    run = client.get_run(release_id)
-    try:
-        history = json.loads(run.data.tags.get(f"{_TAG}outcome_history", "[]"))
-    except ValueError:
-        return []
-    return [h for h in history if isinstance(h, dict)] if isinstance(history, list) else []
 
 
 def open_release(
@@ -367,7 +249,7 @@ def open_release(
         experiment_id = _experiment_id(client, create=True, artifact_root=artifact_root)
         assert experiment_id is not None
         run = client.create_run(experiment_id, run_name=f"{spec.name}:{spec.image_tag}",
-                                tags={f"{_TAG}name": spec.name})
+                                tags={f"{TAG}name": spec.name})
     return str(run.info.run_id)
 
 
@@ -395,8 +277,8 @@ def discard_unrecorded(client: MlflowClient, name: str) -> list[str]:
         if experiment_id is None:
             return []
         left = [run.info.run_id for run in
-                _runs(client, experiment_id, f"tags.`{_TAG}name` = '{name}'")
-                if not run.data.tags.get(f"{_TAG}status")]
+                _runs(client, experiment_id, f"tags.`{TAG}name` = '{name}'")
+                if not run.data.tags.get(f"{TAG}status")]
         for run_id in left:
             client.delete_run(run_id)
     return left
@@ -433,9 +315,9 @@ def list_releases(
     experiment_id = _experiment_id(client)
     if experiment_id is None:
         return []
-    filter_string = f"tags.`{_TAG}status` != ''"
+    filter_string = f"tags.`{TAG}status` != ''"
     if name:
-        filter_string += f" and tags.`{_TAG}name` = '{name}'"
+        filter_string += f" and tags.`{TAG}name` = '{name}'"
     page = client.search_runs(
         [experiment_id], filter_string=filter_string, order_by=_ORDER, max_results=limit
     )
@@ -530,7 +412,7 @@ def _pending(client: MlflowClient, name: str) -> ReleaseRecord | None:
     experiment_id = _experiment_id(client)
     if experiment_id is None:
         return None
-    filter_string = f"tags.`{_TAG}name` = '{name}'"
+    filter_string = f"tags.`{TAG}name` = '{name}'"
     return next((r for r in map(_record, _runs(client, experiment_id, filter_string))
                  if r.status == HANDED_OFF), None)
 
@@ -631,9 +513,9 @@ def _successful(
     experiment_id = _experiment_id(client)
     if experiment_id is None:
         return
-    filter_string = f"tags.`{_TAG}status` = '{PROMOTED}'"
+    filter_string = f"tags.`{TAG}status` = '{PROMOTED}'"
     if name:
-        filter_string += f" and tags.`{_TAG}name` = '{name}'"
+        filter_string += f" and tags.`{TAG}name` = '{name}'"
     for run in _runs(client, experiment_id, filter_string):
         record = _record(run)
         if record.kind in kinds:
@@ -684,25 +566,25 @@ def _record(run: Run) -> ReleaseRecord:
     return ReleaseRecord(
         release_id=run.info.run_id,
         created=datetime.fromtimestamp(run.info.start_time / 1000, tz=UTC),
-        name=tags.get(f"{_TAG}name", ""),
-        kind=tags.get(f"{_TAG}kind", ""),
-        status=_status(tags.get(f"{_TAG}status", "")) or (
+        name=tags.get(f"{TAG}name", ""),
+        kind=tags.get(f"{TAG}kind", ""),
+        status=_status(tags.get(f"{TAG}status", "")) or (
             "recording" if run.info.status == "RUNNING" else ""),
-        mode=tags.get(f"{_TAG}mode", ""),
-        image=tags.get(f"{_TAG}image", ""),
-        image_tag=tags.get(f"{_TAG}image.tag", ""),
-        baseline=tags.get(f"{_TAG}baseline") or None,
-        code_version=tags.get(f"{_TAG}code_version", ""),
+        mode=tags.get(f"{TAG}mode", ""),
+        image=tags.get(f"{TAG}image", ""),
+        image_tag=tags.get(f"{TAG}image.tag", ""),
+        baseline=tags.get(f"{TAG}baseline") or None,
+        code_version=tags.get(f"{TAG}code_version", ""),
         model_versions=models,
         artifact_uri=run.info.artifact_uri or "",
-        api_change=tags.get(f"{_TAG}api_change", ""),
-        predecessor=tags.get(f"{_TAG}predecessor", ""),
-        allow_dirty=tags.get(f"{_TAG}allow_dirty", ""),
-        trusted_types=tags.get(f"{_TAG}trusted_types", ""),
-        outcome_reporting=tags.get(f"{_TAG}outcome_reporting", ""),
-        outcome_at=tags.get(f"{_TAG}outcome_at", ""),
-        outcome_by=tags.get(f"{_TAG}outcome_by", ""),
-        outcome_reason=tags.get(f"{_TAG}outcome_reason", ""),
+        api_change=tags.get(f"{TAG}api_change", ""),
+        predecessor=tags.get(f"{TAG}predecessor", ""),
+        allow_dirty=tags.get(f"{TAG}allow_dirty", ""),
+        trusted_types=tags.get(f"{TAG}trusted_types", ""),
+        outcome_reporting=tags.get(f"{TAG}outcome_reporting", ""),
+        outcome_at=tags.get(f"{TAG}outcome_at", ""),
+        outcome_by=tags.get(f"{TAG}outcome_by", ""),
+        outcome_reason=tags.get(f"{TAG}outcome_reason", ""),
     )
 
 

@@ -32,7 +32,7 @@ from mlflow import MlflowClient
 
 from pipeline.build import image, oci
 from pipeline.models import demo
-from pipeline.release import ledger
+from pipeline.release import ledger, marking
 from tests.integration.test_ci_flows import (
     SECRET,
     bentoship_env,
@@ -120,7 +120,7 @@ class Story:
 
     def promote(self, record: ledger.ReleaseRecord) -> None:
         """What the release's pipeline reports once its canary passed (or its deploy)."""
-        ledger.mark_release(self.client, record.release_id, "promoted", by="e2e: the pipeline")
+        marking.mark_release(self.client, record.release_id, "promoted", by="e2e: the pipeline")
 
     def commit(self, path: str, text: str, message: str) -> str:
         target = self.origin / path

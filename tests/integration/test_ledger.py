@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from pipeline.cli import cli
 from pipeline.config import ReleaseConfig
 from pipeline.errors import BadTransition, ReleaseError, ReleaseNotFound
-from pipeline.release import ledger
+from pipeline.release import ledger, marking
 from pipeline.release.files import render_release
 from pipeline.release.spec import ReleaseSpec
 from tests.stores import running_mlflow_server
@@ -295,7 +295,7 @@ def test_a_release_is_production_only_once_promoted(client: MlflowClient, tmp_pa
     assert f"release {first.short_id}" in str(unknown.value)
     assert f"bentoship releases mark {first.short_id} --status promoted" in str(unknown.value)
 
-    done = ledger.mark_release(client, first.release_id[:8], "promoted", by="alice@laptop",
+    done = marking.mark_release(client, first.release_id[:8], "promoted", by="alice@laptop",
                                reason="canary passed")
     assert (done.changed, done.previous, done.record.status) == (True, "handed-off", "promoted")
     assert ledger.latest_successful(client, name="demo-classifier") == done.record
@@ -314,9 +314,9 @@ def test_a_canary_that_failed_is_not_what_rollback_returns_to(
 ) -> None:
     one = record(client, tmp_path, spec(1))
     two = record(client, tmp_path, spec(2, baseline=1), status="handed-off")
-    ledger.mark_release(client, two.release_id, "failed", by="pipeline")
+    marking.mark_release(client, two.release_id, "failed", by="pipeline")
     three = record(client, tmp_path, spec(3, baseline=1), status="handed-off")
-    ledger.mark_release(client, three.release_id, "promoted", by="pipeline")
+    marking.mark_release(client, three.release_id, "promoted", by="pipeline")
     # Production is three; the one promoted before it is one, not the failed canary two.
     assert ledger.latest_successful(client, name="demo-classifier").release_id == three.release_id
     assert ledger.previous_successful(client, name="demo-classifier").release_id == one.release_id
@@ -329,30 +329,30 @@ def test_only_the_allowed_transitions_are_recorded_with_their_history(
 
     release = record(client, tmp_path, spec(1), status="handed-off")
     at = datetime(2026, 5, 4, 3, 2, 1, tzinfo=UTC)
-    ledger.mark_release(client, release.release_id, "promoted", by="spinnaker", now=at)
-    again = ledger.mark_release(client, release.release_id, "promoted", by="someone else")
+    marking.mark_release(client, release.release_id, "promoted", by="spinnaker", now=at)
+    again = marking.mark_release(client, release.release_id, "promoted", by="someone else")
     assert again.changed is False  # a retried report changes nothing, not even who marked it
     with pytest.raises(BadTransition) as refused:
-        ledger.mark_release(client, release.release_id, "failed", by="bob")
+        marking.mark_release(client, release.release_id, "failed", by="bob")
     assert "is promoted; it cannot be marked failed" in str(refused.value)
     assert "from promoted only rolled-back" in str(refused.value)
-    ledger.mark_release(client, release.release_id, "rolled-back", by="bob", reason="p99 spike")
+    marking.mark_release(client, release.release_id, "rolled-back", by="bob", reason="p99 spike")
     with pytest.raises(BadTransition, match="is rolled-back; it cannot be marked promoted: "
                                             "rolled-back is final"):
-        ledger.mark_release(client, release.release_id, "promoted", by="replayed webhook")
+        marking.mark_release(client, release.release_id, "promoted", by="replayed webhook")
 
     shown = ledger.get_release(client, release.release_id)
     assert (shown.status, shown.outcome_by, shown.outcome_reason) == ("rolled-back", "bob",
                                                                       "p99 spike")
-    history = ledger.outcome_history(client, release.release_id)
+    history = marking.outcome_history(client, release.release_id)
     assert [(h["from"], h["to"], h["by"]) for h in history] == [
         ("handed-off", "promoted", "spinnaker"), ("promoted", "rolled-back", "bob")]
     assert history[0]["at"] == "2026-05-04T03:02:01+00:00"
     with pytest.raises(ReleaseNotFound, match="no release with id 'feedbeef'"):
-        ledger.mark_release(client, "feedbeef", "promoted", by="x")
+        marking.mark_release(client, "feedbeef", "promoted", by="x")
     rendered = record(client, tmp_path, spec(2), status="rendered")
     with pytest.raises(BadTransition, match="rendered is final"):
-        ledger.mark_release(client, rendered.release_id, "promoted", by="x")
+        marking.mark_release(client, rendered.release_id, "promoted", by="x")
 
 
 def test_releases_recorded_as_succeeded_read_as_handed_off(
@@ -363,7 +363,7 @@ def test_releases_recorded_as_succeeded_read_as_handed_off(
     assert ledger.get_release(client, old.release_id).status == "handed-off"
     with pytest.raises(ReleaseError, match="production of demo-classifier is unknown"):
         ledger.latest_successful(client, name="demo-classifier")
-    marked = ledger.mark_release(client, old.release_id, "promoted", by="migration")
+    marked = marking.mark_release(client, old.release_id, "promoted", by="migration")
     assert marked.previous == "handed-off" and marked.record.status == "promoted"
 
 
@@ -376,7 +376,7 @@ def test_a_promoted_rollback_marks_the_release_it_replaced_rolled_back(
     back = ledger.record_release(client, spec(1, kind="rollback", baseline=2), files,
                                  artifact_root=tmp_path / "artifacts",
                                  predecessor=two.release_id)
-    done = ledger.mark_release(client, back.release_id, "promoted", by="pipeline")
+    done = marking.mark_release(client, back.release_id, "promoted", by="pipeline")
     assert [r.release_id for r in done.also] == [two.release_id]
     assert ledger.get_release(client, two.release_id).status == "rolled-back"
     assert ledger.get_release(client, one.release_id).status == "promoted"

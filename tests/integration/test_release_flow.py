@@ -19,7 +19,7 @@ from pipeline.cli import cli
 from pipeline.config import Settings, parse_release_config
 from pipeline.errors import PushError
 from pipeline.models.registry import client_for
-from pipeline.release import handoff, ledger
+from pipeline.release import handoff, ledger, marking
 from pipeline.release.kayenta import CANARY_METRIC_NAMES
 from tests.stores import ALLOW_DIRTY, CHECKOUT_DIRTY, store_settings, train_demo
 
@@ -43,7 +43,7 @@ def two_releases(store: Settings, docker_client, base_image, tmp_path_factory): 
     first = handoff.release(AB, store, config, out / "first", echo=print,
                             allow_dirty=CHECKOUT_DIRTY)
     # What its pipeline (or someone) reports once it ran: only a promoted release is production.
-    ledger.mark_release(client_for(store.tracking_uri), first.record.release_id, "promoted",
+    marking.mark_release(client_for(store.tracking_uri), first.record.release_id, "promoted",
                         by="test: the first release's pipeline")
     swapped = replace(AB, control="demo-classifier/2", treatment="demo-classifier/1")
     second = handoff.release(swapped, store, config, out / "second", echo=print,

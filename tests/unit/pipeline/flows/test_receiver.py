@@ -470,7 +470,7 @@ def post_outcome(url: str, release_id: str, outcome: str, *, signed_as: str | No
 def test_a_signed_outcome_marks_the_release_in_the_ledger_once(tmp_path: Path) -> None:
     from pipeline.flows.receiver import ledger_marker
     from pipeline.models.registry import settings_client
-    from pipeline.release import ledger
+    from pipeline.release import ledger, marking
     from pipeline.release.files import render_release
     from tests.unit.pipeline.release.test_release import demo_spec
 
@@ -505,4 +505,4 @@ def test_a_signed_outcome_marks_the_release_in_the_ledger_once(tmp_path: Path) -
         running.stop(timeout_s=10)
     marked = ledger.get_release(client, rid)
     assert marked.status == "promoted" and "Spinnaker execution 01HEXEC" in marked.outcome_by
-    assert [h["to"] for h in ledger.outcome_history(client, rid)] == ["promoted"]
+    assert [h["to"] for h in marking.outcome_history(client, rid)] == ["promoted"]
