@@ -1,6 +1,6 @@
 """The four servers under test: how each is started, fed and read.
 
-Every server is one worker process on 127.0.0.1 (BentoML's starter and MLflow's CLI wrapper
+Every server is one worker process on 127.0.0.1 (this service: `--workers`, default 1) (BentoML's starter and MLflow's CLI wrapper
 sit idle beside theirs), started in a session of its own so stopping it takes its children
 too, with its output in a log file that is shown when it fails to come up. MLflow and the naive
 service load a private copy of the version's downloaded artifacts (see `benchmarks/serving`).
@@ -99,12 +99,14 @@ def _rows_scores(body: bytes) -> list[float]:
     return [row["score"] for row in orjson.loads(body)["rows"]]
 
 
-def start_bentoship(bento_dir: Path, bentoml_home: Path, work: Path) -> Server:
+def start_bentoship(bento_dir: Path, bentoml_home: Path, work: Path, workers: int = 1) -> Server:
     port = free_port()
     log = work / "bentoship.log"
     command = [str(BIN / "bentoml"), "serve", str(bento_dir), "--host", "127.0.0.1",
                "--port", str(port)]
-    process = _start(command, log, work, _env(BENTOML_HOME=str(bentoml_home)))
+    # BENTOSHIP_WORKERS: without it the service runs one worker per CPU of this machine.
+    env = _env(BENTOML_HOME=str(bentoml_home), BENTOSHIP_WORKERS=str(workers))
+    process = _start(command, log, work, env)
     base = f"http://127.0.0.1:{port}"
     return Server("bentoship", "this service (bentoship)", f"{base}/predict", f"{base}/readyz",
                   process, log, _rows_body, _rows_scores)
