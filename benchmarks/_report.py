@@ -90,7 +90,9 @@ def build_json(runs: Sequence[Outcome]) -> dict[str, dict[str, Any]]:
 
 # --- serving ---------------------------------------------------------------------------------
 
-SERVING_SCENARIOS = ((1, 1), (1, 8), (100, 1), (100, 8))  # (rows per request, clients)
+# (rows per request, clients); the 32-client cell is the tail (p99 against p50) under a backlog
+SERVING_SCENARIOS = ((1, 1), (1, 8), (100, 1), (100, 8), (1, 32))
+TAIL_SCENARIO = (1, 32)
 SERVERS = ("bentoship", "mlflow", "naive", "floor")
 
 

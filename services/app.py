@@ -1,9 +1,10 @@
 """The HTTP layer: a small Starlette app with orjson, mounted into BentoML at ``/``.
 
-Routes (contract 4): ``POST /predict``, ``GET /metadata``, ``GET /docs.json`` and
-``GET /openapi.json``. BentoML itself serves ``/livez``, ``/readyz`` and ``/metrics``; its
-own routes are matched before a mounted app, while a mounted app is matched before
-BentoML's ``/docs.json``, so ours (which documents ``/predict``) is the one served.
+Routes (contract 4): ``POST /predict``, ``GET /metadata``, ``GET /metrics``, ``GET /docs.json``
+and ``GET /openapi.json``. BentoML itself serves ``/livez`` and ``/readyz``; its own routes are
+matched before a mounted app, while a mounted app is matched before BentoML's ``/docs.json``,
+so ours (which documents ``/predict``) is the one served. ``/metrics`` is ours because
+BentoML's own metrics are off (``service.py``), which takes its ``/metrics`` route with them.
 
 Every error is ``{"error": code, "detail": [...]}`` with the status of the
 :class:`~services.errors.ServiceError` raised; 404/405 use the same shape. Any other
@@ -30,6 +31,7 @@ from typing import Any
 
 import orjson
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -47,7 +49,7 @@ from services.errors import (
     describe,
     problem,
 )
-from services.metrics import Metrics
+from services.metrics import Metrics, exposition
 from services.openapi import build_spec
 from services.predictor import Prediction, Predictor
 
@@ -138,10 +140,16 @@ def create_app(config: ServiceConfig, state: AppState) -> Starlette:
     async def openapi(request: Request) -> Response:
         return Response(spec, media_type=JSON)
 
+    async def metrics(request: Request) -> Response:
+        # Reading every worker's files takes milliseconds: off the event loop, as BentoML did.
+        content, media_type = await run_in_threadpool(exposition)
+        return Response(content, media_type=media_type)
+
     app = Starlette(
         routes=[
             Route("/predict", predict, methods=["POST"]),
             Route("/metadata", metadata, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
             Route("/docs.json", openapi, methods=["GET"]),
         ],

@@ -38,18 +38,20 @@ request refused before routing (bad input, too many rows) is labelled ``variant=
 model or hook failure carries the variant it happened in. ``status`` is the HTTP code as a
 string.
 
-They are plain ``prometheus_client`` metrics: ``bentoml.metrics`` is only a deprecated alias
-of that module in BentoML 1.4, and BentoML's ``/metrics`` serves the default registry
-through its multiprocess collector, without renaming anything. ``prometheus_client`` is
-imported only inside :func:`create_metrics`: BentoML sets ``PROMETHEUS_MULTIPROC_DIR`` in
-the worker *after* importing the service module, and a metric created before that would
-never reach ``/metrics``.
+They are plain ``prometheus_client`` metrics in BentoML's multiprocess directory
+(``PROMETHEUS_MULTIPROC_DIR``, which ``bentoml serve`` gives every worker), and the service's
+own ``/metrics`` (:func:`exposition`) sums every worker's files, dead ones included.
+BentoML's own metrics (``bentoml_service_*``) are turned off in ``service.py``: they cost
+five more locked file writes a request and nothing reads them. ``prometheus_client`` is
+imported only inside functions: BentoML sets ``PROMETHEUS_MULTIPROC_DIR`` in the worker
+*after* importing the service module, and a metric created before that would never reach
+``/metrics``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -111,42 +113,58 @@ class Metrics:
     value: Any
     batch_rows: Any = None
     batch_requests: Any = None
+    # (metric, label values) -> its labelled child: `labels()` takes a lock and checks its
+    # arguments every call, about 5 us each, seven times a request. Label values are few
+    # (variants, classes, targets, statuses), so this stays small.
+    _children: dict[tuple[int, tuple[str, ...]], Any] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)`` (values in the metric's label order), created once."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def record_batch(self, variant: str, rows: int, requests: int) -> None:
         """One batched model call of ``variant``: the rows and requests it scored together."""
         if self.batch_rows is not None:
-            self.batch_rows.labels(variant=variant).observe(rows)
-            self.batch_requests.labels(variant=variant).observe(requests)
+            self._child(self.batch_rows, variant).observe(rows)
+            self._child(self.batch_requests, variant).observe(requests)
 
     def record_success(
         self, duration: float, answers: Mapping[str, VariantAnswer], output: Output
     ) -> None:
-        self.responses.labels(status="200", cause=SUCCESS_CAUSE).inc()
+        child = self._child
+        child(self.responses, "200", SUCCESS_CAUSE).inc()
         for variant, answer in answers.items():
-            self.requests.labels(variant=variant, status="200").inc()
-            self.duration.labels(variant=variant).observe(duration)
-            self.rows.labels(variant=variant).observe(len(answer.values))
+            child(self.requests, variant, "200").inc()
+            child(self.duration, variant).observe(duration)
+            child(self.rows, variant).observe(len(answer.values))
             if answer.label_index is not None:
                 counts = np.bincount(answer.label_index, minlength=len(output.classes))
                 for key, count in zip(output.keys, counts.tolist()):
                     if count:
-                        self.predictions.labels(variant=variant, label=key).inc(count)
+                        child(self.predictions, variant, key).inc(count)
                 sample = sample_rows(answer.values)
-                _observe(self.confidence.labels(variant=variant), sample.max(axis=1))
+                _observe(child(self.confidence, variant), sample.max(axis=1))
                 if output.binary:
-                    _observe(self.score.labels(variant=variant), sample[:, 1])
+                    _observe(child(self.score, variant), sample[:, 1])
             else:
                 sample = sample_rows(answer.values)
                 for j, name in enumerate(output.target_labels):
-                    _observe(self.value.labels(variant=variant, target=name), sample[:, j])
+                    _observe(child(self.value, variant, name), sample[:, j])
 
     def record_failure(
         self, duration: float, status: int, variant: str | None, cause: str
     ) -> None:
-        self.responses.labels(status=str(status), cause=cause).inc()
+        code = str(status)
+        self._child(self.responses, code, cause).inc()
         label = variant or UNROUTED
-        self.requests.labels(variant=label, status=str(status)).inc()
-        self.duration.labels(variant=label).observe(duration)
+        self._child(self.requests, label, code).inc()
+        self._child(self.duration, label).observe(duration)
 
 
 def _observe(histogram: Any, values: np.ndarray) -> None:
@@ -246,3 +264,41 @@ def _register(prometheus_client: Any, registry: Any) -> Metrics:
             registry=registry,
         ),
     )
+
+
+def exposition() -> tuple[bytes, str]:
+    """The ``/metrics`` page and its content type: every worker's metrics summed from the
+    multiprocess directory, or this process' registry when there is none (in-process tests)."""
+    import prometheus_client
+    from prometheus_client import multiprocess
+
+    registry = prometheus_client.CollectorRegistry()
+    try:
+        multiprocess.MultiProcessCollector(registry)  # reads PROMETHEUS_MULTIPROC_DIR
+    except ValueError:  # no multiprocess directory: not under `bentoml serve`
+        return prometheus_client.generate_latest(), prometheus_client.CONTENT_TYPE_LATEST
+    families = list(registry.collect())
+    for family in families:
+        if family.type == "histogram":  # buckets in order, then count and sum, per label set
+            family.samples.sort(key=_histogram_order)
+    return (prometheus_client.generate_latest(_Families(families)),
+            prometheus_client.CONTENT_TYPE_LATEST)
+
+
+class _Families:
+    """Already collected metric families, in the shape ``generate_latest`` reads."""
+
+    def __init__(self, families: list[Any]) -> None:
+        self._families = families
+
+    def collect(self) -> list[Any]:
+        return self._families
+
+
+_SUFFIX_ORDER = {"_bucket": 0, "_count": 1, "_sum": 2}
+
+
+def _histogram_order(sample: Any) -> tuple[tuple[tuple[str, str], ...], int, float]:
+    labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "le"))
+    suffix = next((rank for end, rank in _SUFFIX_ORDER.items() if sample.name.endswith(end)), 3)
+    return labels, suffix, float(sample.labels.get("le", 0))

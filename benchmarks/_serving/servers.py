@@ -1,6 +1,6 @@
 """The four servers under test: how each is started, fed and read.
 
-Every server is one worker process on 127.0.0.1 (BentoML's starter and MLflow's CLI wrapper
+Every server is one worker process on 127.0.0.1 (this service: `--workers`, default 1) (BentoML's starter and MLflow's CLI wrapper
 sit idle beside theirs), started in a session of its own so stopping it takes its children
 too, with its output in a log file that is shown when it fails to come up. MLflow and the naive
 service load a private copy of the version's downloaded artifacts (see `benchmarks/serving`).
@@ -101,13 +101,15 @@ def _rows_scores(body: bytes) -> list[float]:
 
 def start_bentoship(bento_dir: Path, bentoml_home: Path, work: Path, *,
                     key: str = "bentoship", label: str = "this service (bentoship)",
-                    env: dict[str, str] | None = None) -> Server:
-    """`env`: the container's environment, e.g. `BENTOSHIP_BATCHING` (services/config.py)."""
+                    workers: int = 1, env: dict[str, str] | None = None) -> Server:
+    """`env`: the container's environment, e.g. `BENTOSHIP_BATCHING` (services/config.py).
+    `workers` sets BENTOSHIP_WORKERS: without it the service runs one worker per CPU."""
     port = free_port()
     log = work / f"{key}.log"
     command = [str(BIN / "bentoml"), "serve", str(bento_dir), "--host", "127.0.0.1",
                "--port", str(port)]
-    process = _start(command, log, work, _env(BENTOML_HOME=str(bentoml_home), **(env or {})))
+    own = {"BENTOML_HOME": str(bentoml_home), "BENTOSHIP_WORKERS": str(workers)}
+    process = _start(command, log, work, _env(**(own | (env or {}))))
     base = f"http://127.0.0.1:{port}"
     return Server(key, label, f"{base}/predict", f"{base}/readyz",
                   process, log, _rows_body, _rows_scores)

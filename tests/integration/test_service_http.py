@@ -174,6 +174,19 @@ def test_wrong_method_and_path(client: httpx.Client) -> None:
     assert response.status_code == 405 and response.json()["error"] == "method_not_allowed"
 
 
+def test_metrics_page_is_prometheus_text_without_bentomls_request_metrics(
+    client: httpx.Client,
+) -> None:
+    client.post("/predict", json={"rows": [ROW]})
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    # The text exposition format, with prometheus_client's own content type (as BentoML sent).
+    assert response.headers["content-type"].startswith("text/plain; version=")
+    assert "# TYPE bentoship_responses_total counter" in response.text
+    # BentoML's own request metrics are turned off (service.py); the bentoship_* ones count.
+    assert "bentoml_service_request" not in response.text
+
+
 def test_metrics_have_the_contract_names_with_variant_labels(client: httpx.Client) -> None:
     for variant in ("control", "treatment"):
         for _ in range(3):
