@@ -31,7 +31,7 @@ from services.app import AppState, create_app
 from services.config import CONFIG_FILENAME, ServiceConfig, Variant, load_config
 from services.cpus import available_cpus
 from services.errors import ModelLoadError
-from services.loading import MODEL_SUBDIR, LoadedModel, load_variant
+from services.loading import MODEL_SUBDIR, LoadedModel, import_loaders, load_variant
 from services.metrics import create_metrics
 from services.predictor import Predictor
 
@@ -52,6 +52,7 @@ class _Bentoship:
 
     def __init__(self) -> None:
         models: dict[str, LoadedModel] = {}
+        import_loaders({v.flavor for v in CONFIG.variants}, hooks=CONFIG.hooks is not None)
         for variant in CONFIG.variants:
             stored: bentoml.Model = getattr(self, model_attribute(variant))
             _check_metadata(variant, stored)
