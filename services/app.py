@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.applications import Starlette
@@ -37,7 +37,6 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from services.batching import Batcher
 from services.calls import ModelCalls
 from services.config import ServiceConfig
 from services.errors import (
@@ -49,9 +48,11 @@ from services.errors import (
     describe,
     problem,
 )
-from services.metrics import Metrics, exposition
 from services.openapi import build_spec
-from services.predictor import Prediction, Predictor
+
+if TYPE_CHECKING:  # numpy comes with them: imported by the worker, not by BentoML's supervisor
+    from services.metrics import Metrics
+    from services.predictor import Prediction, Predictor
 
 logger = logging.getLogger("bentoship.service")
 
@@ -94,7 +95,11 @@ def create_app(config: ServiceConfig, state: AppState) -> Starlette:
     # Hooks are the team's code: they may call out or take long, so they always get the deadline.
     inline_limit = -1 if config.hooks is not None else INLINE_BODY_BYTES
     calls = ModelCalls(config.serving.max_model_calls, config.serving.model_timeout_s)
-    batcher = Batcher(config.batching, calls) if config.batching.enabled else None
+    batcher = None
+    if config.batching.enabled:
+        from services.batching import Batcher
+
+        batcher = Batcher(config.batching, calls)
 
     async def predict(request: Request) -> Response:
         started = time.perf_counter()
@@ -141,6 +146,8 @@ def create_app(config: ServiceConfig, state: AppState) -> Starlette:
         return Response(spec, media_type=JSON)
 
     async def metrics(request: Request) -> Response:
+        from services.metrics import exposition
+
         # Reading every worker's files takes milliseconds: off the event loop, as BentoML did.
         content, media_type = await run_in_threadpool(exposition)
         return Response(content, media_type=media_type)

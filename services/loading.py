@@ -26,7 +26,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,9 @@ logger = logging.getLogger("bentoship.service")
 
 MODEL_SUBDIR = "mlflow_model"
 TRUSTED_PACKAGES = sklearn_flavor.TRUSTED_PACKAGES
+# Flavors whose loaders use neither scikit-learn nor XGBoost's estimators built on it (a
+# LightGBM model may be its scikit-learn API, loaded with skops).
+_WITHOUT_SKLEARN = frozenset({"xgboost", "onnx"})
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,14 @@ def load_model(
     model = LoadedModel(flavor=flavor, loader=loaded.loader, columns=columns,
                         output=loaded.output, scorer=loaded.scorer, take=take)
     return model if example is None else _checked_on(model, example, model_dir)
+
+
+def import_loaders(flavors: Collection[str], *, hooks: bool) -> None:
+    """Before a service's models load: import XGBoost without scikit-learn when nothing in the
+    process needs scikit-learn, i.e. every variant is XGBoost (or ONNX) and no team hooks run
+    (they may use XGBoost's scikit-learn estimators). A second or a worker's start saved."""
+    if "xgboost" in flavors and set(flavors) <= _WITHOUT_SKLEARN and not hooks:
+        xgboost_flavor.import_without_sklearn()
 
 
 def load_variant(config: ServiceConfig, model_dir: str | Path) -> LoadedModel:

@@ -24,6 +24,7 @@ import logging
 import math
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import bentoml
 
@@ -31,9 +32,9 @@ from services.app import AppState, create_app
 from services.config import CONFIG_FILENAME, ServiceConfig, Variant, load_config
 from services.cpus import available_cpus
 from services.errors import ModelLoadError
-from services.loading import MODEL_SUBDIR, LoadedModel, load_variant
-from services.metrics import create_metrics
-from services.predictor import Predictor
+
+if TYPE_CHECKING:
+    from services.loading import LoadedModel
 
 logger = logging.getLogger("bentoship.service")
 
@@ -51,7 +52,15 @@ class _Bentoship:
     """Serves the control (and optional treatment) model of one bentoship config."""
 
     def __init__(self) -> None:
+        # Imported here, in the worker: BentoML's supervisor imports this module too, only to
+        # read the service's declaration, and numpy and the models' libraries would cost its
+        # start (before any worker is spawned) without being used there.
+        from services.loading import MODEL_SUBDIR, import_loaders, load_variant
+        from services.metrics import create_metrics
+        from services.predictor import Predictor
+
         models: dict[str, LoadedModel] = {}
+        import_loaders({v.flavor for v in CONFIG.variants}, hooks=CONFIG.hooks is not None)
         for variant in CONFIG.variants:
             stored: bentoml.Model = getattr(self, model_attribute(variant))
             _check_metadata(variant, stored)

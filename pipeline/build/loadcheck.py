@@ -52,7 +52,7 @@ from services.config import ServiceConfig
 from services.errors import ServiceError
 from services.hooks import load_hooks
 from services.json_schema import example_request_row
-from services.loading import load_model
+from services.loading import import_loaders, load_model
 from services.predictor import Predictor
 from services.schema import RowSchema, validate
 
@@ -91,6 +91,7 @@ schema = RowSchema(tuple(f["name"] for f in features), tuple(f["type"] for f in 
                    tuple(f["required"] for f in features), None, 1)
 example = validate({"rows": [{f["name"]: f["example"] for f in features}]}, schema).matrix
 models = {}
+import_loaders({v["flavor"] for v in config["variants"]}, hooks=bool(args["hooks_module"]))
 for variant in config["variants"]:
     name = variant["name"]
     try:

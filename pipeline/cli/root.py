@@ -10,6 +10,7 @@ what to do), 2 a usage error. `--debug` re-raises with the traceback.
 
 from __future__ import annotations
 
+import gc
 import sys
 
 import click
@@ -47,7 +48,13 @@ def cli(debug: bool) -> None:
 
 
 def main() -> None:
-    cli()
+    try:
+        cli()
+    finally:
+        # The process ends next. Its last collections would walk everything MLflow, SQLAlchemy
+        # and pydantic made (~500,000 objects): about a second of every command, a third of a
+        # build that finds its image. Frozen, they are left to the operating system.
+        gc.freeze()
 
 
 def _register() -> None:

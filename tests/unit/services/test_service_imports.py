@@ -10,6 +10,9 @@ from pathlib import Path
 from tests import servicekit
 
 FORBIDDEN = ("pipeline", "docker", "mlflow", "prometheus_client")
+# BentoML's supervisor imports the module too, before it spawns any worker, only to read the
+# service's declaration: the models' stack is imported by the workers, when they load them.
+WORKERS_ONLY = ("numpy", "xgboost", "sklearn", "pandas")
 
 PROBE = f"""
 import json, sys
@@ -17,6 +20,7 @@ import services.service as service
 assert service.__file__.startswith(sys.argv[1]), service.__file__
 print(json.dumps({{
     "loaded": sorted(m for m in sys.modules if m.split(".")[0] in {FORBIDDEN!r}),
+    "workers_only": sorted(m for m in sys.modules if m.split(".")[0] in {WORKERS_ONLY!r}),
     "service": service.Bentoship.name,
     "models": [str(m) for m in service.Bentoship.models],
 }}))
@@ -63,6 +67,7 @@ def test_importing_the_service_imports_no_pipeline_docker_or_mlflow(tmp_path: Pa
     report = json.loads(result.stdout.strip().splitlines()[-1])
     # prometheus_client too: BentoML sets up multiprocess metrics after importing the service.
     assert report["loaded"] == []
+    assert report["workers_only"] == []
     assert report["service"] == "demo-classifier"
     # models declared as class attributes, so `bentoml build` packs them into the Bento
     assert report["models"] == ["demo-classifier:v1", "demo-classifier:v2"]

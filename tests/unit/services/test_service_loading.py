@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -196,3 +199,38 @@ def test_broken_booster_file(tmp_path: Path, xgb_booster_dir: Path) -> None:
     (broken / "model.ubj").write_bytes(b"not a model")
     with pytest.raises(ModelLoadError, match="model.ubj: XGBoost could not load it"):
         load_model(broken, FEATURES)
+
+
+IMPORTS_PROBE = """
+import json, sys
+from services.loading import import_loaders, load_model
+flavors, hooks, model_dir, features = json.loads(sys.argv[1])
+import_loaders(set(flavors), hooks=hooks)
+loaded = load_model(model_dir, features)
+without = "sklearn" not in sys.modules
+import sklearn.base  # still importable by whatever needs it later
+print(json.dumps({"without_sklearn": without, "loader": loaded.loader}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("flavors", "hooks", "without_sklearn"),
+    [
+        (["xgboost"], False, True),
+        (["xgboost", "onnx"], False, True),
+        (["xgboost", "sklearn"], False, False),  # the sklearn variant needs it anyway
+        (["xgboost", "lightgbm"], False, False),  # LightGBM's sklearn API may be served
+        (["xgboost"], True, False),  # a team's hooks may use XGBoost's sklearn estimators
+    ],
+)
+def test_an_xgboost_service_starts_without_importing_sklearn(
+    xgb_classifier_dir: Path, flavors: list[str], hooks: bool, without_sklearn: bool
+) -> None:
+    # A fresh interpreter: this one imported scikit-learn long ago.
+    arguments = json.dumps([flavors, hooks, str(xgb_classifier_dir), list(FEATURES)])
+    result = subprocess.run([sys.executable, "-c", IMPORTS_PROBE, arguments],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["without_sklearn"] is without_sklearn
+    assert report["loader"].startswith("xgboost.Booster native")
