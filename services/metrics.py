@@ -29,12 +29,12 @@ request twice because its rows reached both variants.
 A request whose rows went to both variants counts once for each variant (its duration is
 observed for both, its rows split between them).
 
-The histograms of answers observe at most :data:`SCORES_PER_REQUEST` rows per request and
-variant: all of them for small requests (the usual online case), an evenly strided sample of
-a larger batch. In BentoML's multiprocess mode each observation is a locked write to a
-memory-mapped file (4-25 us); observing every row of a 100-row batch cost more than scoring
-it. Exact row counts are in ``bentoship_rows_per_request_sum`` and the label counter. A
-request refused before routing (bad input, too many rows) is labelled ``variant="none"``; a
+The histograms of answers observe every row. In BentoML's multiprocess mode every write is a
+locked write to a memory-mapped file (4-25 us), and ``Histogram.observe`` makes two a value
+(its bucket and the sum): a 100-row batch observed row by row cost more than scoring it. So a
+request's values are observed together (:func:`observe_many`): bucket counts from one
+``numpy.searchsorted``, then one write per bucket that got values and one for the sum, at most
+the bucket count whatever the rows. A request refused before routing (bad input, too many rows) is labelled ``variant="none"``; a
 model or hook failure carries the variant it happened in. ``status`` is the HTTP code as a
 string.
 
@@ -60,7 +60,6 @@ from services.answers import VariantAnswer
 from services.config import Output
 
 UNROUTED = "none"
-SCORES_PER_REQUEST = 16
 DURATION_BUCKETS = (
     0.0005,
     0.001,
@@ -148,14 +147,12 @@ class Metrics:
                 for key, count in zip(output.keys, counts.tolist()):
                     if count:
                         child(self.predictions, variant, key).inc(count)
-                sample = sample_rows(answer.values)
-                _observe(child(self.confidence, variant), sample.max(axis=1))
+                observe_many(child(self.confidence, variant), answer.values.max(axis=1))
                 if output.binary:
-                    _observe(child(self.score, variant), sample[:, 1])
+                    observe_many(child(self.score, variant), answer.values[:, 1])
             else:
-                sample = sample_rows(answer.values)
                 for j, name in enumerate(output.target_labels):
-                    _observe(child(self.value, variant, name), sample[:, j])
+                    observe_many(child(self.value, variant, name), answer.values[:, j])
 
     def record_failure(
         self, duration: float, status: int, variant: str | None, cause: str
@@ -167,17 +164,25 @@ class Metrics:
         self._child(self.duration, label).observe(duration)
 
 
-def _observe(histogram: Any, values: np.ndarray) -> None:
-    observe = histogram.observe
-    for value in values.tolist():
-        observe(value)
+def observe_many(histogram: Any, values: np.ndarray) -> None:
+    """``histogram.observe(v)`` for every ``v`` in ``values``, in a few writes.
 
-
-def sample_rows(values: np.ndarray, limit: int = SCORES_PER_REQUEST) -> np.ndarray:
-    """All rows if there are at most ``limit``, else an evenly strided sample of ``limit``."""
-    if len(values) <= limit:
-        return values
-    return values[np.linspace(0, len(values) - 1, limit).round().astype(np.intp)]
+    ``histogram`` is a labelled ``prometheus_client`` Histogram child; this reads its bucket
+    bounds and writes its bucket and sum values (``_upper_bounds``, ``_buckets``, ``_sum``:
+    prometheus_client's own attributes, pinned by a unit test against ``observe``). As in
+    ``observe``, a value falls in the first bucket whose bound is >= it, and a NaN is added to
+    the sum and to no bucket.
+    """
+    if len(values) == 1:  # the usual online request: observe's two writes are the fewest
+        histogram.observe(float(values[0]))
+        return
+    bounds = histogram._upper_bounds
+    indices = np.searchsorted(bounds, values, side="left")  # NaN sorts past +Inf: no bucket
+    counts = np.bincount(indices, minlength=len(bounds) + 1)[: len(bounds)]
+    histogram._sum.inc(float(values.sum()))
+    buckets = histogram._buckets
+    for i in np.flatnonzero(counts).tolist():
+        buckets[i].inc(int(counts[i]))
 
 
 _DEFAULT: list[Metrics] = []  # the metrics in prometheus' global registry, created once

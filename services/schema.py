@@ -28,6 +28,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -170,6 +172,8 @@ def _fast_numeric(rows: list[Any], schema: RowSchema) -> Batch | None:
     width = len(names)
     key_field = schema.key_field
     key_is_feature = key_field in names
+    # One C call a row instead of a Python loop over its fields (a tuple even for one feature).
+    pick = itemgetter(*names) if width > 1 else (lambda row: (row[names[0]],))
     try:
         values = []
         keys: list[str | None] = []
@@ -179,7 +183,7 @@ def _fast_numeric(rows: list[Any], schema: RowSchema) -> Batch | None:
             extra = len(row) - width
             if extra and (extra != 1 or key_is_feature or key_field not in row):
                 return None
-            values.append([row[n] for n in names])
+            values.append(pick(row))
             if key_field is None:
                 keys.append(None)
             else:
@@ -193,10 +197,7 @@ def _fast_numeric(rows: list[Any], schema: RowSchema) -> Batch | None:
                     return None
     except KeyError:
         return None
-    flat_types = (
-        {type(v) for v in values[0]} if len(values) == 1 else set(map(type, _flatten(values)))
-    )
-    if not flat_types <= _NUMBER_TYPES:
+    if not set(map(type, chain.from_iterable(values))) <= _NUMBER_TYPES:
         return None
     try:
         matrix = np.array(values, dtype=np.float64)
@@ -217,11 +218,6 @@ def _fast_numeric(rows: list[Any], schema: RowSchema) -> Batch | None:
             if np.any(column >= bound) or np.any(column < -bound):
                 return None
     return Batch(matrix=matrix, keys=keys)
-
-
-def _flatten(values: list[list[Any]]) -> Any:
-    for row in values:
-        yield from row
 
 
 def _checked(rows: list[Any], schema: RowSchema) -> Batch:

@@ -18,7 +18,7 @@ from services.config import ServiceConfig
 from services.errors import InvalidInputError, ModelError
 from services.flavors import ModelOutput
 from services.loading import LoadedModel, load_model
-from services.metrics import METRIC_NAMES, create_metrics, sample_rows
+from services.metrics import METRIC_NAMES, SCORE_BUCKETS, create_metrics, observe_many
 from services.predictor import Predictor
 from services.routing import variant_for_key
 from tests import servicekit
@@ -309,10 +309,10 @@ def test_metrics_have_the_contract_names_and_labels(
     assert 'bentoship_requests_total{status="200",variant="control"} 1.0' in text
     assert 'bentoship_requests_total{status="400",variant="none"} 1.0' in text
     assert 'bentoship_rows_per_request_sum{variant="control"} 40.0' in text
-    assert 'bentoship_prediction_score_count{variant="control"} 16.0' in text  # sampled
+    # Every row's answer is observed, the labels counted.
+    assert 'bentoship_prediction_score_count{variant="control"} 40.0' in text
     assert 'bentoship_prediction_score_count{variant="treatment"} 1.0' in text
-    assert 'bentoship_prediction_confidence_count{variant="control"} 16.0' in text
-    # Labels are counted for every row, not sampled.
+    assert 'bentoship_prediction_confidence_count{variant="control"} 40.0' in text
     labels = [line for line in text.splitlines()
               if line.startswith('bentoship_predictions_total{') and 'variant="control"' in line]
     assert sum(float(line.rsplit(" ", 1)[1]) for line in labels) == 40.0
@@ -360,8 +360,25 @@ def test_model_failure_is_500_labelled_with_its_variant(
     assert 'bentoship_responses_total{cause="model",status="500"} 1.0' in text
 
 
-def test_score_sample_is_everything_or_an_even_spread() -> None:
-    assert sample_rows(np.arange(5.0)).tolist() == [0, 1, 2, 3, 4]
-    sample = sample_rows(np.arange(1000.0))
-    assert len(sample) == 16 and sample[0] == 0 and sample[-1] == 999
-    assert np.all(np.diff(sample) > 60)
+def test_observing_many_values_at_once_exports_what_observing_each_does() -> None:
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    values = np.array([0.0, 0.05, 0.05000001, 0.3, 0.3, 0.99, 1.0, 1.5, 7.0, np.nan, 0.42])
+    exported = []
+    for bulk in (False, True):
+        registry = CollectorRegistry()
+        histogram = Histogram("h", "h", ["variant"], buckets=SCORE_BUCKETS, registry=registry)
+        child = histogram.labels("control")
+        for chunk in (values, values[:1], values[3:5]):
+            if bulk:
+                observe_many(child, chunk)
+            else:
+                for value in chunk.tolist():
+                    child.observe(value)
+        exported.append(
+            [line for line in generate_latest(registry).decode().splitlines()
+             if not line.startswith("h_created")]
+        )
+    assert exported[0] == exported[1]
+    assert 'h_bucket{le="0.05",variant="control"} 3.0' in exported[1]  # 0.0 and 0.05 twice
+    assert 'h_count{variant="control"} 13.0' in exported[1]  # 14 values; NaN in no bucket
