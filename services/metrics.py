@@ -34,9 +34,9 @@ locked write to a memory-mapped file (4-25 us), and ``Histogram.observe`` makes 
 (its bucket and the sum): a 100-row batch observed row by row cost more than scoring it. So a
 request's values are observed together (:func:`observe_many`): bucket counts from one
 ``numpy.searchsorted``, then one write per bucket that got values and one for the sum, at most
-the bucket count whatever the rows. A request refused before routing (bad input, too many rows) is labelled ``variant="none"``; a
-model or hook failure carries the variant it happened in. ``status`` is the HTTP code as a
-string.
+the bucket count whatever the rows. A request refused before routing (bad input, too many
+rows) is labelled ``variant="none"``; a model or hook failure carries the variant it happened
+in. ``status`` is the HTTP code as a string.
 
 They are plain ``prometheus_client`` metrics in BentoML's multiprocess directory
 (``PROMETHEUS_MULTIPROC_DIR``, which ``bentoml serve`` gives every worker), and the service's

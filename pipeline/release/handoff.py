@@ -207,6 +207,8 @@ def _release(
     allow_dirty: bool,
     rehearse: Rehearse | None = None,
 ) -> Handoff:
+    from pipeline.build.engine import connect
+
     mlflow_client = registry.settings_client(settings)
     checked: list[tuple[bytes, ApiCheck]] = []
 
@@ -218,9 +220,33 @@ def _release(
     result = build(replace(req, push=True), settings, echo, check=guard)
     assert result.digest is not None and result.pinned is not None  # push=True sets it or raises
     with _pushed_unrecorded(result.pinned, mlflow_client.tracking_uri):
-        return _hand_over_pushed(result, settings, config, outdir, echo, mlflow_client, checked,
-                                 kind=kind, submit=submit, allow_breaking_api=allow_breaking_api,
-                                 allow_dirty=allow_dirty, rehearse=rehearse)
+        name = result.name
+        production = ledger.latest_successful(mlflow_client, name=name)
+        baseline = production.image.partition("@")[2] if production else None
+        if baseline == result.digest:
+            echo(f"Production already runs {result.pinned}: rendering a direct deploy, "
+                 "no canary")
+            baseline = None
+        openapi = service_spec(connect(), result.reference)
+        planned, api = checked[-1]
+        if identity.canonical_json(openapi) != planned:  # the image serves another spec
+            api = check_api(mlflow_client, name, openapi, allow_breaking=allow_breaking_api,
+                            echo=echo, not_done=f"{result.pinned} was pushed but nothing was "
+                            "rendered or recorded.")
+        spec = ReleaseSpec(
+            name=name,
+            repository=result.repository,
+            digest=result.digest,
+            baseline_digest=baseline,
+            model_versions=result.models,
+            code_version=identity.ImageIdentity.from_labels(result.labels).code_version,
+            image_tag=result.tag,
+            kind=kind,
+            openapi=openapi,
+            baseline_model_versions=production.model_versions if production else None,
+        )
+        return hand_over(spec, config, outdir, settings, echo, result, submit, api=api,
+                         production=production, allow_dirty=allow_dirty, rehearse=rehearse)
 
 
 @contextmanager
@@ -251,52 +277,6 @@ def _pushed_unrecorded(pinned: str, tracking_uri: str) -> Iterator[None]:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__
-
-
-def _hand_over_pushed(
-    result: BuildResult,
-    settings: Settings,
-    config: ReleaseConfig,
-    outdir: Path,
-    echo: Callable[[str], None],
-    mlflow_client: Any,
-    checked: list[tuple[bytes, ApiCheck]],
-    *,
-    kind: Literal["model", "hotfix"],
-    submit: bool,
-    allow_breaking_api: bool,
-    allow_dirty: bool,
-    rehearse: Rehearse | None = None,
-) -> Handoff:
-    from pipeline.build.engine import connect
-
-    assert result.digest is not None
-    name = result.name
-    production = ledger.latest_successful(mlflow_client, name=name)
-    baseline = production.image.partition("@")[2] if production else None
-    if baseline == result.digest:
-        echo(f"Production already runs {result.pinned}: rendering a direct deploy, no canary")
-        baseline = None
-    openapi = service_spec(connect(), result.reference)
-    planned, api = checked[-1]
-    if identity.canonical_json(openapi) != planned:  # the image serves another spec than planned
-        api = check_api(mlflow_client, name, openapi, allow_breaking=allow_breaking_api,
-                        echo=echo, not_done=f"{result.pinned} was pushed but nothing was "
-                        "rendered or recorded.")
-    spec = ReleaseSpec(
-        name=name,
-        repository=result.repository,
-        digest=result.digest,
-        baseline_digest=baseline,
-        model_versions=result.models,
-        code_version=identity.ImageIdentity.from_labels(result.labels).code_version,
-        image_tag=result.tag,
-        kind=kind,
-        openapi=openapi,
-        baseline_model_versions=production.model_versions if production else None,
-    )
-    return hand_over(spec, config, outdir, settings, echo, result, submit, api=api,
-                     production=production, allow_dirty=allow_dirty, rehearse=rehearse)
 
 
 def hand_over(
