@@ -16,8 +16,10 @@ A build that ends with a smoke-tested image (built or found) keeps its verified 
 what its plan found in the build cache (`cache.py`, under `$BENTOSHIP_HOME/cache`). The next
 build of the same versions then verifies the cached artifacts instead of downloading them (a
 code-only rebuild: the model layers come from Docker's layer cache, only the code layer is
-new), and a build that changes nothing finds its image after the one registry check per
-model, without downloading or loading the models.
+new, and without hooks the load check's findings come from the cache while the smoke test
+loads the models with the new code), and a build that changes nothing finds its image after
+the one registry check per model (without MLflow's import when it confirms the last answer,
+`pipeline/models/recall.py`), without downloading or loading the models.
 """
 
 from __future__ import annotations
@@ -166,7 +168,7 @@ def _build_planned(
     repository = f"{settings.oci_registry}/{name}"
     with tempfile.TemporaryDirectory(prefix="bentoship-build-") as tmp:
         work = Path(tmp)
-        p = plan(resolved, settings, work, progress)
+        p = plan(resolved, settings, work, progress, reuse_check=req.smoke_test)
         if check is not None:
             check(p)
         infos = p.infos
@@ -224,6 +226,9 @@ def _build_planned(
             for info in infos:
                 cache.keep_model(settings.build_cache, info.version, info.manifest_sha256,
                                  info.path)
+            if p.config["hooks"] is None:
+                cache.keep_check(settings.build_cache, p.check_key,
+                                 {"output": p.config["output"], "examples": examples})
             cache.keep_plan(settings.build_cache, key, {
                 "manifests": {i.variant: i.manifest_sha256 for i in infos},
                 "requirements_sha256": p.requirements.sha256,

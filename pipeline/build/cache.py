@@ -1,6 +1,6 @@
 """What a build keeps for the next build of the same models: `$BENTOSHIP_HOME/cache/`.
 
-Two kinds of entries, both written only after a build ended with a smoke-tested image (built
+Three kinds of entries, all written only after a build ended with a smoke-tested image (built
 or found), so a failed build leaves none behind:
 
 - `models/<key>/`: a model version's MLflow model directory as downloaded and verified. The
@@ -9,6 +9,11 @@ or found), so a failed build leaves none behind:
   hashed again and must give the digest the registry records *now*: a copy that does not is
   deleted and the artifacts downloaded (and verified) as on a first build. A version whose run
   id or recorded digest changed has another key, so it never finds the old copy.
+- `checks/<key>.json`: what the load check found (what the models answer, the smoke test's
+  rows) for artifacts by manifest digest and the service's settings, whatever the code. A
+  code-only rebuild of cached artifacts without hooks takes them from here instead of loading
+  the models in a child process first: its smoke test loads them with the new code, and the
+  service refuses to start if they answer otherwise (`services.predictor.check_output`).
 - `plans/<key>.json`: what planning found for one exact build (resolved versions with their
   run ids and digests, code version, options, the base image's lock, bentoship's own code):
   the inputs of the image's identity labels and the smoke test's rows. With it, a build whose
@@ -16,7 +21,8 @@ or found), so a failed build leaves none behind:
   downloading or loading the models.
 
 BentoML's store (`$BENTOSHIP_HOME/bentoml`) keeps the imported models too; `bento.make_bento`
-verifies the copy it exports against the same digest. Nothing else lives under `cache/`:
+verifies the copy it exports against the same digest. Besides these, `lookups/` holds MLflow's answers for the references built
+(`pipeline/models/recall.py`). Nothing else lives under `cache/`:
 `rm -rf $BENTOSHIP_HOME/cache` clears it, and the next build downloads and checks everything.
 """
 
@@ -92,18 +98,47 @@ def plan_key(fields: dict[str, Any], versions: dict[str, ModelVersion]) -> str:
 
 
 def load_plan(root: Path, key: str) -> dict[str, Any] | None:
+    return _load(root / "plans", key)
+
+
+def keep_plan(root: Path, key: str, summary: dict[str, Any]) -> None:
+    _keep(root / "plans", key, summary)
+
+
+def check_key(manifests: dict[str, str], config: dict[str, Any], target_names: list[str]) -> str:
+    """The key of a load check's findings: the artifacts (by manifest digest) and the service's
+    configuration apart from the code version (and the tag that names it), with the base
+    image's lock: what the models answer does not depend on the code that asks them."""
+    from pipeline.build.base import lock_pins
+
+    settings = {k: v for k, v in config.items() if k not in ("code_version", "image_tag")}
+    document = {"manifests": manifests, "config": settings, "target_names": target_names,
+                "lock": lock_pins()}
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+
+
+def load_check(root: Path, key: str) -> dict[str, Any] | None:
+    return _load(root / "checks", key)
+
+
+def keep_check(root: Path, key: str, found: dict[str, Any]) -> None:
+    _keep(root / "checks", key, found)
+
+
+def _load(folder: Path, key: str) -> dict[str, Any] | None:
     try:
-        data = json.loads((root / "plans" / f"{key}.json").read_text())
+        data = json.loads((folder / f"{key}.json").read_text())
     except (OSError, json.JSONDecodeError):
         return None
     return data if isinstance(data, dict) else None
 
 
-def keep_plan(root: Path, key: str, summary: dict[str, Any]) -> None:
-    folder = root / "plans"
+def _keep(folder: Path, key: str, document: dict[str, Any]) -> None:
+    """Write `folder/<key>.json` atomically: a reader sees all of it or nothing. Keys keep
+    their order: the example rows' columns are the model's order, as a first build has them."""
     folder.mkdir(parents=True, exist_ok=True)
     staging = folder / f".{key}.{os.getpid()}"
-    staging.write_text(json.dumps(summary, sort_keys=True))
+    staging.write_text(json.dumps(document))
     os.replace(staging, folder / f"{key}.json")
 
 

@@ -9,6 +9,7 @@ configuration. Everything after a `Plan` (`builder.build`, `builder.serve`) is s
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -24,7 +25,7 @@ from pipeline.build.service import content_version, service_config, service_open
 from pipeline.config import TYPE_NAME, BuildConfig, Settings
 from pipeline.errors import ConfigError
 from pipeline.identity import CodeVersion, code_version
-from pipeline.models import integrity, registry
+from pipeline.models import integrity, recall, registry
 from pipeline.models.requirements import (
     ResolvedRequirements,
     read_requirements,
@@ -178,6 +179,8 @@ class Plan:
     examples: list[dict[str, Any]]  # request rows the smoke test sends
     loadcheck_s: float = 0.0  # seconds the load check took (part of planning)
     cached: tuple[str, ...] = ()  # the variants whose artifacts came from the build cache
+    check_key: str = ""  # the build cache's key of what the load check found (cache.check_key)
+    check_reused: bool = False  # found in the build cache: no models were loaded here
 
     @property
     def models(self) -> dict[str, dict[str, str]]:
@@ -196,8 +199,7 @@ def resolve_request(req: BuildRequest, settings: Settings, echo: Echo) -> Resolv
     if req.treatment is not None:
         refs["treatment"] = registry.parse_ref(req.treatment)
     echo("Resolving model versions")
-    client = registry.settings_client(settings)
-    versions = {variant: registry.resolve(client, ref) for variant, ref in refs.items()}
+    versions = _resolve(refs, settings, echo)
     for variant, mv in versions.items():
         via = f" (from {mv.requested_as})" if mv.requested_as != str(mv) else ""
         echo(f"  {variant}: {mv}{via}, run {mv.run_id[:8]}")
@@ -215,16 +217,37 @@ def resolve_request(req: BuildRequest, settings: Settings, echo: Echo) -> Resolv
     return Resolved(req, weights, versions, code, name, tag, hooks)
 
 
-def plan(resolved: Resolved, settings: Settings, work: Path, echo: Echo) -> Plan:
+def _resolve(refs: dict[str, registry.ModelRef], settings: Settings,
+             echo: Echo) -> dict[str, registry.ModelVersion]:
+    """Each reference's exact READY version: the build cache's earlier answer where the
+    registry confirms it without MLflow (`recall.py`), else MLflow's, remembered."""
+    cache_root, uri = settings.build_cache, settings.registry_uri
+    versions = {variant: recall.recall(cache_root, uri, ref) for variant, ref in refs.items()}
+    if all(versions.values()):
+        echo("  the registry confirms the last build's answers (no MLflow client needed)")
+    else:
+        client = registry.settings_client(settings)
+        for variant, ref in refs.items():
+            if versions[variant] is None:
+                versions[variant] = mv = registry.resolve(client, ref)
+                recall.remember(cache_root, uri, ref, mv)
+    return {variant: mv for variant, mv in versions.items() if mv is not None}
+
+
+def plan(resolved: Resolved, settings: Settings, work: Path, echo: Echo, *,
+         reuse_check: bool = False) -> Plan:
     """Download and verify the artifacts into `work`, check signatures and requirements.
 
     Artifacts the build cache holds for a version (`cache.py`) are not downloaded: the cached
-    copy is used once its files hash to the digest the registry records for the version.
+    copy is used once its files hash to the digest the registry records for the version. With
+    `reuse_check` (a build whose smoke test will load the models with this code), the load
+    check's findings for cached artifacts and these settings come from the cache too, when
+    there are no hooks (whose declarations are the code's own).
     """
     from pipeline.build.base import lock_pins
 
     req = resolved.request
-    client = registry.settings_client(settings)
+    client = None  # MLflow's client, imported only if something must be downloaded
     echo("Downloading and verifying artifacts")
     infos = []
     cached: list[str] = []
@@ -236,8 +259,13 @@ def plan(resolved: Resolved, settings: Settings, work: Path, echo: Echo) -> Plan
             manifest = mv.manifest_sha256
             cached.append(variant)
         else:
+            client = client or registry.settings_client(settings)
             path = registry.download(client, mv, work / "mlflow" / variant)
             manifest = integrity.verify_or_record(client, mv, path)
+            if mv.manifest_sha256 is None:  # recorded now: what the registry answers from here
+                recall.remember(settings.build_cache, settings.registry_uri,
+                                registry.parse_ref(mv.requested_as),
+                                dataclasses.replace(mv, manifest_sha256=manifest))
         infos.append(bento.inspect_model(variant, mv, path, manifest))
     bento.check_compatible(infos)
     needs_pyfunc = any(i.flavor not in bento.NATIVE_FLAVORS for i in infos)
@@ -258,15 +286,15 @@ def plan(resolved: Resolved, settings: Settings, work: Path, echo: Echo) -> Plan
         echo(f"  {dropped.note}")
     config = service_config(req, resolved.name, resolved.tag, resolved.code.label, infos,
                             resolved.weights)
-    # The service's own loader on every model, before anything slow: seconds, not the smoke
-    # test's readiness deadline. It also finds what the models answer and what the hooks take.
-    echo("Loading the models with the service's code")
     hooks = resolved.hooks
     context = bento.write_context(work / "bento-context", req.services_dir,
                                   hooks.file if hooks else None)
+    key = cache.check_key({i.variant: i.manifest_sha256 for i in infos}, config,
+                          list(infos[0].output_names))
     started = time.monotonic()
-    checked = loadcheck.check_models(infos, context, config, echo=lambda m: echo(f"  {m}"),
-                                     hooks_module=hooks.module if hooks else None)
+    reusable = reuse_check and hooks is None and len(cached) == len(infos)
+    checked = _load_check(infos, context, config, hooks, settings.build_cache if reusable
+                          else None, key, echo)
     loadcheck_s = time.monotonic() - started
     output = checked.output
     if req.threshold != 0.5 and not (output["task"] == "classification"
@@ -278,4 +306,22 @@ def plan(resolved: Resolved, settings: Settings, work: Path, echo: Echo) -> Plan
     bento.write_config(context, config)
     config_sha = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
     return Plan(resolved, infos, requirements, config, config_sha, context, checked.examples,
-                loadcheck_s, tuple(cached))
+                loadcheck_s, tuple(cached), key, checked.from_cache)
+
+
+def _load_check(
+    infos: list[bento.ModelInfo], context: Path, config: dict[str, Any],
+    hooks: HookSource | None, cache_root: Path | None, key: str, echo: Echo,
+) -> loadcheck.Checked:
+    """What the models answer and what the hooks take: found in `cache_root` under `key`
+    (when given), else by the service's own code on every model in a child process."""
+    found = cache.load_check(cache_root, key) if cache_root is not None else None
+    if found is not None:
+        echo("Load check: in the build cache (these artifacts and settings passed it before); "
+             "the smoke test loads the models with this code")
+        return loadcheck.Checked([], found["output"], None, found["examples"], from_cache=True)
+    # The service's own loader on every model, before anything slow: seconds, not the smoke
+    # test's readiness deadline. It also finds what the models answer and what the hooks take.
+    echo("Loading the models with the service's code")
+    return loadcheck.check_models(infos, context, config, echo=lambda m: echo(f"  {m}"),
+                                  hooks_module=hooks.module if hooks else None)

@@ -22,7 +22,7 @@ from pipeline.build.bento import SERVICES_DIR
 from pipeline.build.builder import BuildResult, build
 from pipeline.build.plan import BuildRequest
 from pipeline.config import Settings
-from pipeline.errors import ArtifactError
+from pipeline.errors import ArtifactError, SmokeTestError
 from pipeline.models import demo, integrity
 from pipeline.models.registry import client_for
 from tests.stores import store_settings
@@ -48,14 +48,21 @@ def name(docker_client: Any, base_image: BaseImage) -> Iterator[str]:
         docker_client.images.remove(found.id, force=True)
 
 
-def _services(root: Path, change: str | None) -> Path:
+def _services(root: Path, change: str | None, module: str = "routing.py", code: str = "") -> Path:
     copy = root / f"services-{change or 'orig'}" / "services"
     shutil.copytree(SERVICES_DIR, copy,
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "bentoship.json"))
     if change is not None:
-        with (copy / "routing.py").open("a") as f:
-            f.write(f"\n# a code-only change: {change}\n")
+        with (copy / module).open("a") as f:
+            f.write(f"\n# a code-only change: {change}\n{code}")
     return copy
+
+
+# A hotfix gone wrong: the service's loader refuses every model.
+BREAKS_LOADING = """
+def load_variant(config, model_dir):
+    raise RuntimeError("this hotfix breaks loading")
+"""
 
 
 def _build(settings: Settings, name: str, services: Path, lines: list[str]) -> BuildResult:
@@ -101,6 +108,9 @@ def test_code_only_rebuild_reuses_the_cached_models_and_answers_as_the_model(
     assert not code_only.reused and code_only.tag != cold.tag
     assert code_only.cache == {"plan": False, "models": ["control"]}
     assert any("artifacts from the build cache" in line for line in lines)
+    # The load check's findings too: the smoke test loads the models with the new code.
+    assert any("Load check: in the build cache" in line for line in lines)
+    assert not any("Loading the models" in line for line in lines)
     assert _model_layers(docker_client, code_only) == _model_layers(docker_client, cold)
     # The smoke test of the new image answered with the registered model's own scores.
     own = _booster_scores(settings, code_only.example_rows_in, tmp_path)
@@ -111,6 +121,15 @@ def test_code_only_rebuild_reuses_the_cached_models_and_answers_as_the_model(
     assert unchanged.reused and unchanged.image_id == code_only.image_id
     assert unchanged.cache == {"plan": True, "models": []}
     assert not any("Downloading" in line or "Loading the models" in line for line in again)
+    assert any("the registry confirms the last build's answers" in line for line in again)
+
+    # A code-only rebuild whose code cannot load the models is refused by its smoke test (the
+    # load check it skipped would have said the same), and tags nothing.
+    broken = _services(tmp_path, "broken", "loading.py", BREAKS_LOADING)
+    with pytest.raises(SmokeTestError, match="this hotfix breaks loading"):
+        _build(settings, name, broken, [])
+    tags = {t for i in docker_client.images.list(name=f"127.0.0.1:5000/{name}") for t in i.tags}
+    assert tags == {code_only.reference, cold.reference}
 
 
 def test_a_tampered_cached_artifact_is_never_used(

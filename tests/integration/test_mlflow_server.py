@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -45,3 +46,26 @@ def test_build_from_an_mlflow_server(server_env: dict[str, str], docker_client, 
     assert report["tag"].startswith("ctl-v2.code-")
     assert report["labels"]["io.bentoship.model.control.version"] == "2"
     assert [row["variant"] for row in report["smoke_test_rows"]] == ["control"] * 5
+
+
+def test_a_rebuild_confirms_mlflow_s_answer_over_its_rest_api(
+    server_env: dict[str, str], tmp_path: Path
+) -> None:
+    from pipeline.models import recall
+    from pipeline.models.registry import client_for, parse_ref, resolve
+
+    url, cache_root = server_env["MLFLOW_TRACKING_URI"], tmp_path / "cache"
+    client = client_for(url)
+    for text in ("demo-classifier@champion", "demo-classifier/2"):
+        ref = parse_ref(text)
+        mv = resolve(client, ref)
+        assert recall.recall(cache_root, url, ref) is None  # never answered by MLflow here
+        recall.remember(cache_root, url, ref, mv)
+        assert recall.recall(cache_root, url, ref) == mv
+    champion = parse_ref("demo-classifier@champion")
+    client.set_registered_model_alias("demo-classifier", "champion", "2")
+    try:
+        assert recall.recall(cache_root, url, champion) is None  # moved: MLflow is asked
+    finally:
+        client.set_registered_model_alias("demo-classifier", "champion", "1")
+    assert recall.recall(cache_root, url, champion) is not None
