@@ -166,7 +166,9 @@ def _build_planned(
     """Plan, then find or build the image; keep what the next build can reuse."""
     name, tag = resolved.name, resolved.tag
     repository = f"{settings.oci_registry}/{name}"
-    with tempfile.TemporaryDirectory(prefix="bentoship-build-") as tmp:
+    # The Bento's builder imports BentoML while the plan is made.
+    with tempfile.TemporaryDirectory(prefix="bentoship-build-") as tmp, \
+            bento.Starter(settings.bentoml_home) as starter:
         work = Path(tmp)
         p = plan(resolved, settings, work, progress, reuse_check=req.smoke_test)
         if check is not None:
@@ -201,7 +203,8 @@ def _build_planned(
                 phases.done("wheels")
             progress("Building the Bento")
             bento_dir = bento.make_bento(infos, p.context, name, tag, {"bentoship.tag": tag},
-                                         settings.bentoml_home, echo=lambda m: progress(f"  {m}"))
+                                         settings.bentoml_home, echo=lambda m: progress(f"  {m}"),
+                                         starter=starter)
             phases.done("bento")
             docker_ctx = image.write_docker_context(bento_dir, work / "docker", base.ref, prepared,
                                                     labels)

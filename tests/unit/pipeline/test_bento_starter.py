@@ -1,0 +1,39 @@
+"""The Bento builder started early (`bento.Starter`): never left running, whatever the build did."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psutil
+import pytest
+
+from pipeline.build import bento
+
+
+def _children() -> set[int]:
+    return {child.pid for child in psutil.Process().children(recursive=True)}
+
+
+def test_an_unused_builder_is_stopped_when_the_build_needs_no_bento(tmp_path: Path) -> None:
+    before = _children()
+    with bento.Starter(tmp_path / "bentoml"):
+        assert len(_children() - before) == 1  # importing BentoML meanwhile
+    assert _children() - before == set()
+
+
+def test_a_failing_build_leaves_no_builder_behind(tmp_path: Path) -> None:
+    before = _children()
+    with pytest.raises(RuntimeError), bento.Starter(tmp_path / "bentoml"):
+        raise RuntimeError("the plan refused")
+    assert _children() - before == set()
+
+
+def test_the_started_builder_is_taken_once_and_only_for_its_own_store(tmp_path: Path) -> None:
+    with bento.Starter(tmp_path / "a") as starter:
+        first = starter.take(tmp_path / "a")
+        second = starter.take(tmp_path / "a")  # a second attempt gets a new process
+        other = bento.Starter(tmp_path / "a").take(tmp_path / "b")
+        assert len({first.pid, second.pid, other.pid}) == 3
+        for proc in (first, second, other):
+            proc.kill()
+            proc.communicate()
