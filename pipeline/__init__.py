@@ -5,8 +5,8 @@
 
 The rooms, in the order a release walks through them (docs/architecture.md):
 
-    config, identity, errors   what everything shares: settings and bentoship.toml, the image
-                               identity contract, the error tree
+    settings, config,          what everything shares: the environment, bentoship.toml, the
+    identity, errors           image identity contract, the error tree
     models/                    MLflow registry resolution, artifact integrity, requirements
     build/                     base image, Bento, Docker image, smoke test, push, OCI lookups
     release/                   release spec, Kubernetes manifests, Kayenta config, Spinnaker
@@ -28,8 +28,8 @@ from typing import Any
 # `release_service`.
 _EXPORTS = {
     # configuration and errors
-    "Settings": ("pipeline.config", "Settings"),
-    "load_settings": ("pipeline.config", "load_settings"),
+    "Settings": ("pipeline.settings", "Settings"),
+    "load_settings": ("pipeline.settings", "load_settings"),
     "ReleaseConfig": ("pipeline.config", "ReleaseConfig"),
     "CiConfig": ("pipeline.config", "CiConfig"),
     "BuildConfig": ("pipeline.config", "BuildConfig"),

@@ -11,8 +11,8 @@ import pytest
 
 from pipeline.build.base import BaseImage, ensure_base_image
 from pipeline.build.engine import connect
-from pipeline.config import load_settings
 from pipeline.errors import EngineUnavailableError
+from pipeline.settings import load_settings
 
 
 @pytest.fixture(scope="session")

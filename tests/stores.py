@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Settings, load_settings
 from pipeline.models import demo
+from pipeline.settings import Settings, load_settings
 
 
 def _checkout_is_dirty() -> bool:

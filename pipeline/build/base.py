@@ -24,10 +24,10 @@ from docker.models.images import Image
 
 from pipeline.build import credentials, oci
 from pipeline.build.wheels import parse_requirements, prepare_wheels
-from pipeline.config import Settings
 from pipeline.errors import ImageBuildError, PipelineError, PushError, map_exceptions
 from pipeline.identity import LABEL_PREFIX
 from pipeline.progress import Echo, to_stderr
+from pipeline.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCK_FILE = REPO_ROOT / "services" / "requirements.lock"

@@ -35,10 +35,10 @@ from typing import Any
 from pipeline import identity
 from pipeline.build import bento, cache, extras, image, oci, smoke, transfer
 from pipeline.build.plan import PROJECT_ROOT, BuildRequest, Plan, Resolved, plan, resolve_request
-from pipeline.config import Settings
 from pipeline.errors import DockerError, PushError, map_exceptions
 from pipeline.identity import source_url
 from pipeline.progress import Echo, reporter
+from pipeline.settings import Settings
 
 
 @dataclass

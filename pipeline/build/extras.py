@@ -24,7 +24,7 @@ from pipeline.models.integrity import file_sha256
 from pipeline.progress import Echo, reporter
 
 if TYPE_CHECKING:
-    from pipeline.config import Settings
+    from pipeline.settings import Settings
 
 
 @dataclass(frozen=True)

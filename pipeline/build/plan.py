@@ -22,7 +22,7 @@ from typing import Any
 from pipeline import identity
 from pipeline.build import bento, cache, loadcheck
 from pipeline.build.service import content_version, service_config, service_openapi
-from pipeline.config import TYPE_NAME, BuildConfig, Settings
+from pipeline.config import TYPE_NAME, BuildConfig
 from pipeline.errors import ConfigError
 from pipeline.identity import CodeVersion, code_version
 from pipeline.models import integrity, recall, registry
@@ -32,6 +32,7 @@ from pipeline.models.requirements import (
     resolve_requirements,
 )
 from pipeline.progress import Echo
+from pipeline.settings import Settings
 
 PROJECT_ROOT = bento.SERVICES_DIR.parent
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")

@@ -24,10 +24,10 @@ from packaging.tags import Tag, compatible_tags, cpython_tags
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
-from pipeline.config import Settings, load_settings
 from pipeline.errors import PipelineError
 from pipeline.models.integrity import file_sha256
 from pipeline.progress import Echo, to_stderr
+from pipeline.settings import Settings, load_settings
 
 # The image's platform. Bookworm has glibc 2.36, so every manylinux up to 2.36 runs on it.
 _PY = (3, 11)

@@ -19,9 +19,9 @@ from pipeline.cli.options import (
     quiet_option,
     say,
 )
-from pipeline.config import Settings, load_settings
 from pipeline.identity import PORT
 from pipeline.progress import Progress
+from pipeline.settings import Settings, load_settings
 
 
 def _settings() -> Settings:

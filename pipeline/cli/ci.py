@@ -124,7 +124,7 @@ def on_model_registered(model: str, version: int, name: str | None, config_path:
     already is production's control or production already runs exactly these versions and code.
     """
     from pipeline import flows
-    from pipeline.config import load_settings
+    from pipeline.settings import load_settings
 
     release_config, ci_config = _configs(config_path)
     with _quiet_stdout():
@@ -163,7 +163,7 @@ def on_commit(message: str, sha: str, name: str | None, config_path: Path | None
                             service's API breaks production's callers
     """
     from pipeline import flows
-    from pipeline.config import load_settings
+    from pipeline.settings import load_settings
 
     release_config, _ = _configs(config_path)
     with _quiet_stdout():
@@ -203,8 +203,8 @@ def webhook(host: str, port: int, config_path: Path | None, outdir: Path | None,
     SIGTERM: no new connections, requests in flight are answered, a running release finishes,
     queued ones resume at the next start.
     """
-    from pipeline.config import load_settings
     from pipeline.flows.receiver import webhook_receiver
+    from pipeline.settings import load_settings
 
     settings = load_settings()
     release_config, ci_config = _configs(config_path)
@@ -255,7 +255,7 @@ def rollback(to: str | None, name: str | None, baseline: str | None, config_path
     the result. Without --to it needs the ledger, and says so.
     """
     from pipeline import flows
-    from pipeline.config import load_settings
+    from pipeline.settings import load_settings
 
     release_config, ci_config = _configs(config_path)
     try:

@@ -124,7 +124,7 @@ def export(image_ref: str | None, control: str | None, treatment: str | None,
         spec = service_spec_of_image(image_ref)
     else:
         from pipeline.build.plan import BuildRequest
-        from pipeline.config import load_settings
+        from pipeline.settings import load_settings
 
         assert control is not None
         check_treatment_options(treatment, treatment_weight)

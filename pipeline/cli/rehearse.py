@@ -67,8 +67,8 @@ def rehearse(release_dir: Path, duration_text: str, rate: float, traffic: Path |
       bentoship rehearse release/                       # 5 minutes, the models' examples
       bentoship rehearse release/ --duration 90s --rate 40 --traffic rows.jsonl -o json
     """
-    from pipeline.config import load_settings
     from pipeline.rehearse.run import Options, rehearse_release, table
+    from pipeline.settings import load_settings
 
     options = Options(duration_s=duration(duration_text), rate=rate, step_s=step_s,
                       replicas=replicas, traffic=traffic)

@@ -23,7 +23,7 @@ from pipeline.cli.options import (
     say,
     wait_option,
 )
-from pipeline.config import load_settings
+from pipeline.settings import load_settings
 
 _MODEL = re.compile(r"^(?P<name>[^/]+)/(?P<version>\d+)(?:/(?P<run_id>[0-9a-f]+))?$")
 
@@ -52,8 +52,8 @@ def _image(ctx: click.Context, param: click.Parameter, value: str | None) -> Any
 
 
 def _client() -> Any:
-    from pipeline.config import load_settings
     from pipeline.models.registry import settings_client
+    from pipeline.settings import load_settings
 
     return settings_client(load_settings())
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pipeline.config import BuildConfig, ReleaseConfig, Settings
+from pipeline.config import BuildConfig, ReleaseConfig
 from pipeline.errors import ArtifactError, ConfigError, ReleaseError, map_exceptions
 from pipeline.flows.flags import parse_commit_flags
 from pipeline.flows.images import describe_models, remote_identity
@@ -25,6 +25,7 @@ from pipeline.progress import Echo
 from pipeline.release import lease, ledger
 from pipeline.release.spec import parse_image_reference
 from pipeline.release.submit import check_submit
+from pipeline.settings import Settings
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

@@ -15,8 +15,8 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from pipeline.config import Settings
 from pipeline.progress import Echo
+from pipeline.settings import Settings
 
 __all__ = ["ledger_problem", "one_at_a_time"]
 

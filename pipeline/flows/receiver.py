@@ -67,7 +67,8 @@ from pipeline.flows.webhook import (
 from pipeline.progress import Echo
 
 if TYPE_CHECKING:
-    from pipeline.config import CiConfig, ReleaseConfig, Settings
+    from pipeline.config import CiConfig, ReleaseConfig
+    from pipeline.settings import Settings
 
 __all__ = [
     "DeliveryJournal",

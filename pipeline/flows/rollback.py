@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pipeline.build import oci
-from pipeline.config import CiConfig, ReleaseConfig, Settings, rollback_release_config
+from pipeline.config import CiConfig, ReleaseConfig, rollback_release_config
 from pipeline.errors import ConfigError, LedgerUnavailable, ReleaseError
 from pipeline.flows.images import describe_models, remote_identity, same_models
 from pipeline.flows.preflight import ledger_problem, one_at_a_time
@@ -28,6 +28,7 @@ from pipeline.release import lease, ledger
 from pipeline.release.files import render_release
 from pipeline.release.spec import ReleaseSpec, parse_image_reference
 from pipeline.release.submit import check_submit, submit_pipeline
+from pipeline.settings import Settings
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pipeline.build import bento
-from pipeline.config import BuildConfig, CiConfig, ReleaseConfig, Settings
+from pipeline.config import BuildConfig, CiConfig, ReleaseConfig
 from pipeline.errors import ConfigError, VersionNotReadyError
 from pipeline.flows.images import describe_models, same_models
 from pipeline.flows.preflight import one_at_a_time
@@ -24,6 +24,7 @@ from pipeline.models import registry
 from pipeline.progress import Echo
 from pipeline.release import lease, ledger
 from pipeline.release.submit import check_submit
+from pipeline.settings import Settings
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

@@ -23,7 +23,7 @@ from pipeline.models.integrity import DIGEST_TAG
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-    from pipeline.config import Settings
+    from pipeline.settings import Settings
 
 _URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 _REF = re.compile(

@@ -19,8 +19,8 @@ from pipeline.release.api_spec import validate_spec
 
 if TYPE_CHECKING:
     from pipeline.build.plan import BuildRequest
-    from pipeline.config import Settings
     from pipeline.progress import Echo
+    from pipeline.settings import Settings
 
 
 def service_spec_of_image(image_ref: str) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from typing import Any, Literal
 from pipeline import identity
 from pipeline.build.builder import BuildResult, build
 from pipeline.build.plan import BuildRequest, Plan
-from pipeline.config import ReleaseConfig, Settings
+from pipeline.config import ReleaseConfig
 from pipeline.errors import PipelineError, RehearsalFailed, ReleaseError
 from pipeline.models import registry
 from pipeline.release import lease, ledger
@@ -47,6 +47,7 @@ from pipeline.release.files import render_release
 from pipeline.release.outcome import OutcomeHook, outcome_hook
 from pipeline.release.spec import ReleaseSpec
 from pipeline.release.submit import check_submit, submit_pipeline
+from pipeline.settings import Settings
 
 # A diff entry that says only that the release differs (every release has a new image tag).
 _INFORMATIONAL = ("info.version",)

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Experiment
 
-    from pipeline.config import Settings
+    from pipeline.settings import Settings
 
 __all__ = ["DEFAULT_WAIT_S", "Holder", "Lease", "current", "hold"]
 

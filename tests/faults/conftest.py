@@ -19,8 +19,8 @@ import pytest
 from pipeline.build import smoke
 from pipeline.build.builder import BuildResult, build
 from pipeline.build.plan import BuildRequest
-from pipeline.config import Settings
 from pipeline.identity import PORT
+from pipeline.settings import Settings
 from tests.stores import demo_store  # noqa: F401 - fixture
 
 SLOW = BuildRequest(control="demo-classifier@champion", name="serving-faults",

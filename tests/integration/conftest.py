@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.build.builder import BuildResult, build
 from pipeline.build.plan import BuildRequest
-from pipeline.config import Settings
+from pipeline.settings import Settings
 from tests.stores import demo_store, fresh_demo_store  # noqa: F401 - fixtures
 
 # @champion as control, @challenger as treatment, pushed: the image test_build.py checks and

@@ -19,9 +19,10 @@ from click.testing import CliRunner
 
 from pipeline.build.plan import BuildRequest
 from pipeline.cli import cli
-from pipeline.config import Settings, parse_release_config
+from pipeline.config import parse_release_config
 from pipeline.models.registry import client_for, ensure_experiment, fluent_uris
 from pipeline.release import handoff, ledger
+from pipeline.settings import Settings
 from tests import servicekit
 from tests.stores import ALLOW_DIRTY, CHECKOUT_DIRTY, promote, store_settings
 

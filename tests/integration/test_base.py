@@ -18,8 +18,8 @@ import pytest
 from pipeline.build import base
 from pipeline.build.base import BaseImage, ensure_base_image, lock_pins
 from pipeline.build.engine import connect
-from pipeline.config import load_settings
 from pipeline.errors import EngineUnavailableError, ImageBuildError
+from pipeline.settings import load_settings
 
 RUNTIME = ["bentoml", "sklearn", "xgboost", "skops", "pandas", "numpy"]
 

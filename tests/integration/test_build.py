@@ -15,8 +15,8 @@ from pipeline.build import smoke
 from pipeline.build.builder import BuildResult, build
 from pipeline.build.plan import BuildRequest
 from pipeline.cli import cli
-from pipeline.config import Settings
 from pipeline.errors import PushError, SmokeTestError
+from pipeline.settings import Settings
 from tests.integration.conftest import AB  # the request of the shared `ab_build` image
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

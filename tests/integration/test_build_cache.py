@@ -21,10 +21,10 @@ from pipeline.build.base import BaseImage
 from pipeline.build.bento import SERVICES_DIR
 from pipeline.build.builder import BuildResult, build
 from pipeline.build.plan import BuildRequest
-from pipeline.config import Settings
 from pipeline.errors import ArtifactError, SmokeTestError
 from pipeline.models import demo, integrity
 from pipeline.models.registry import client_for
+from pipeline.settings import Settings
 from tests.stores import store_settings
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

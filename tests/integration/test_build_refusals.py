@@ -15,10 +15,10 @@ from click.testing import CliRunner
 from pipeline.build import bento, smoke
 from pipeline.build.builder import BuildResult
 from pipeline.cli import cli
-from pipeline.config import Settings
 from pipeline.errors import SmokeTestError
 from pipeline.identity import BENTO_DIR
 from pipeline.models.registry import client_for, ensure_experiment, fluent_uris
+from pipeline.settings import Settings
 from tests.stores import store_settings
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

@@ -31,11 +31,12 @@ from mlflow.webhooks.delivery import _generate_hmac_signature
 from pipeline import flows
 from pipeline.build import oci
 from pipeline.cli import cli
-from pipeline.config import ReleaseConfig, load_settings
+from pipeline.config import ReleaseConfig
 from pipeline.errors import ArtifactError
 from pipeline.models import demo
 from pipeline.models.integrity import DIGEST_TAG
 from pipeline.release import ledger
+from pipeline.settings import load_settings
 from tests.stores import free_port, running_mlflow_server
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.mlflow_server]

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from pipeline.build import smoke
 from pipeline.cli import cli
-from pipeline.config import Settings
+from pipeline.settings import Settings
 from tests.stores import demo_store  # noqa: F401 - fixture
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

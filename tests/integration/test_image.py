@@ -33,11 +33,11 @@ from pipeline.build.base import BaseImage, lock_pins
 from pipeline.build.builder import BuildResult, build
 from pipeline.build.plan import PROJECT_ROOT, BuildRequest, plan, resolve_request
 from pipeline.cli import cli
-from pipeline.config import Settings
 from pipeline.errors import ArtifactError, ConfigError, PushError
 from pipeline.models import demo
 from pipeline.models.integrity import DIGEST_TAG
 from pipeline.models.registry import client_for, ensure_experiment, fluent_uris
+from pipeline.settings import Settings
 from tests.stores import store_settings
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

@@ -32,7 +32,7 @@ from pipeline.build import smoke
 from pipeline.build.builder import BuildResult, build
 from pipeline.build.plan import BuildRequest
 from pipeline.cli import cli
-from pipeline.config import Settings
+from pipeline.settings import Settings
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

@@ -33,7 +33,7 @@ from pipeline.build.builder import BuildResult, build
 from pipeline.build.engine import connect
 from pipeline.build.plan import BuildRequest
 from pipeline.cli import cli
-from pipeline.config import Settings, parse_release_config
+from pipeline.config import parse_release_config
 from pipeline.models.demo import _dataset
 from pipeline.models.registry import fluent_uris, settings_client
 from pipeline.rehearse.handoff import read_handoff
@@ -42,6 +42,7 @@ from pipeline.rehearse.run import Options, Rehearsal, rehearse
 from pipeline.release.api_export import service_spec
 from pipeline.release.files import render_release
 from pipeline.release.spec import ReleaseSpec
+from pipeline.settings import Settings
 from tests.stores import ALLOW_DIRTY, promote, store_settings, train_demo
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

@@ -16,11 +16,12 @@ from click.testing import CliRunner
 from pipeline.build import smoke
 from pipeline.build.plan import BuildRequest
 from pipeline.cli import cli
-from pipeline.config import Settings, parse_release_config
+from pipeline.config import parse_release_config
 from pipeline.errors import PushError
 from pipeline.models.registry import client_for
 from pipeline.release import handoff, ledger, marking
 from pipeline.release.kayenta import CANARY_METRIC_NAMES
+from pipeline.settings import Settings
 from tests.stores import ALLOW_DIRTY, CHECKOUT_DIRTY, store_settings, train_demo
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

@@ -23,8 +23,8 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from pipeline.cli import cli
-from pipeline.config import Settings
 from pipeline.release import lease, ledger
+from pipeline.settings import Settings
 from tests.stores import running_mlflow_server
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -34,7 +34,7 @@ RELEASE = ["release", "--model", "demo-classifier@champion",
            "--treatment", "demo-classifier@challenger", "--allow-dirty", "--output", "json"]
 HOLDER = """
 import sys, time
-from pipeline.config import load_settings
+from pipeline.settings import load_settings
 from pipeline.release import lease
 with lease.hold(load_settings(), sys.argv[1], print):
     print("held", flush=True)

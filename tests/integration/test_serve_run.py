@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from pipeline.build.builder import BuildResult
-from pipeline.config import Settings
+from pipeline.settings import Settings
 from tests.stores import free_port
 
 pytestmark = pytest.mark.slow

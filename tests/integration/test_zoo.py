@@ -33,9 +33,9 @@ import pytest
 from pipeline.build import bento, smoke
 from pipeline.build.builder import BuildResult, build
 from pipeline.build.plan import BuildRequest
-from pipeline.config import Settings
 from pipeline.errors import ArtifactError, PipelineError
 from pipeline.models import integrity, registry
+from pipeline.settings import Settings
 from tests.stores import store_settings
 from tests.unit.pipeline.release.test_api_spec import conforms
 from tests.zoo import CASES, ZooCase, nested_artifact, register_zoo

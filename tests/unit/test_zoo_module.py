@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.config import Settings
 from pipeline.models import registry
+from pipeline.settings import Settings
 from tests.stores import store_settings
 from tests.zoo import CASES, ZooCase, foreign_skops_types, nested_artifact, register_zoo
 

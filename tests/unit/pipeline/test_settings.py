@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_settings
 from pipeline.errors import ConfigError
+from pipeline.settings import load_settings
 
 
 def test_defaults_without_ci_or_docker_config() -> None:

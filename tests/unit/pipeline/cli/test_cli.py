@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
-from pipeline.config import Settings
 from pipeline.errors import ModelNotFoundError
+from pipeline.settings import Settings
 
 
 def env_for(settings: Settings) -> dict[str, str]:

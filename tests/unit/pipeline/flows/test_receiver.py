@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from mlflow.webhooks.delivery import _generate_hmac_signature
 
-from pipeline.config import CiConfig, ReleaseConfig, load_settings
+from pipeline.config import CiConfig, ReleaseConfig
 from pipeline.errors import ConfigError
 from pipeline.flows.receiver import (
     DeliveryJournal,
@@ -33,6 +33,7 @@ from pipeline.flows.receiver import (
     webhook_receiver,
 )
 from pipeline.flows.webhook import RegistryEvent
+from pipeline.settings import load_settings
 from tests.stores import free_port
 from tests.unit.pipeline.flows.support import invoke
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from pipeline import flows
-from pipeline.config import load_settings
 from pipeline.identity import ImageIdentity
+from pipeline.settings import load_settings
 from tests.stores import free_port
 from tests.unit.pipeline.flows.support import REPO, digest, invoke, record
 

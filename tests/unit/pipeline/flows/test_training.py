@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline import flows
-from pipeline.config import CiConfig, ReleaseConfig, load_settings
+from pipeline.config import CiConfig, ReleaseConfig
+from pipeline.settings import load_settings
 from tests.unit.pipeline.flows.support import record
 
 

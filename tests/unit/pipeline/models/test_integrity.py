@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Settings
 from pipeline.errors import ArtifactError
 from pipeline.models import integrity
 from pipeline.models.registry import client_for, download, resolve
+from pipeline.settings import Settings
 
 
 def test_first_use_records_the_manifest_and_later_uses_verify_it(

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.build.plan import BuildRequest, resolve_request
-from pipeline.config import Settings
 from pipeline.models import integrity, recall
 from pipeline.models.registry import ModelRef, ModelVersion, client_for, parse_ref, resolve
+from pipeline.settings import Settings
 from tests.stores import set_status
 
 MODEL = "demo-classifier"
@@ -112,7 +112,7 @@ def test_a_confirmed_rebuild_resolves_without_importing_mlflow(fresh_demo_store:
     script = (
         "import sys\n"
         "from pipeline.build.plan import BuildRequest, resolve_request\n"
-        "from pipeline.config import load_settings\n"
+        "from pipeline.settings import load_settings\n"
         f"r = resolve_request(BuildRequest(control='{MODEL}@champion', treatment='{MODEL}/2'),"
         " load_settings(), print)\n"
         "print(sorted(m.version for m in r.versions.values()))\n"

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Settings
 from pipeline.errors import ArtifactError, ConfigError, ModelNotFoundError, VersionNotReadyError
 from pipeline.models.registry import ModelRef, client_for, download, parse_ref, resolve
+from pipeline.settings import Settings
 from tests.stores import set_status
 
 

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from pipeline.build.plan import BuildRequest, plan, resolve_request
 from pipeline.cli import cli
-from pipeline.config import BuildConfig, Settings, load_build_config
+from pipeline.config import BuildConfig, load_build_config
 from pipeline.errors import ConfigError
 from pipeline.models.registry import client_for, ensure_experiment, fluent_uris
 from pipeline.models.requirements import (
@@ -15,6 +15,7 @@ from pipeline.models.requirements import (
     read_requirements,
     resolve_requirements,
 )
+from pipeline.settings import Settings
 from tests import servicekit
 from tests.stores import store_settings
 

@@ -27,11 +27,11 @@ from openapi_schema_validator import OAS30Validator
 
 from pipeline.build.plan import PROJECT_ROOT, BuildRequest, Plan, plan, resolve_request
 from pipeline.cli import cli
-from pipeline.config import Settings
 from pipeline.identity import code_version, openapi_sha256
 from pipeline.models import registry
 from pipeline.release.api_diff import diff_specs
 from pipeline.release.api_spec import validate_spec
+from pipeline.settings import Settings
 from services.app import INLINE_BODY_BYTES, AppState, create_app
 from services.config import ServiceConfig, Serving
 from services.flavors import ModelOutput

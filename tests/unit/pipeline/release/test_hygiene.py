@@ -11,10 +11,11 @@ from click.testing import CliRunner
 from pipeline import release_service
 from pipeline.build.plan import BuildRequest
 from pipeline.cli import cli
-from pipeline.config import ReleaseConfig, load_settings
+from pipeline.config import ReleaseConfig
 from pipeline.errors import ConfigError
 from pipeline.models.registry import settings_client
 from pipeline.release import lease, ledger
+from pipeline.settings import load_settings
 
 
 def git(repo: Path, *args: str) -> None:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Settings, load_settings
 from pipeline.errors import LeaseHeld, LeaseLost
 from pipeline.models.registry import settings_client
 from pipeline.release import lease
+from pipeline.settings import Settings, load_settings
 
 
 def _settings(home: Path, db: Path, **env: str) -> Settings:
