@@ -14,7 +14,7 @@ which CI passes as `allow_breaking_api=True`). The decision is recorded with the
 
 `release` builds, then `hand_over` renders, submits (pipeline/release/submit.py, `--submit`)
 and records; a rollback, which builds nothing, calls `hand_over` directly. The release id is
-known before anything is rendered (`ledger.open_release` makes its run first, deleted again if
+known before anything is rendered (`recording.open_release` makes its run first, deleted again if
 the release stops before it is recorded), so the pipeline can report the release's outcome to
 the webhook receiver (pipeline/release/outcome.py) when BENTOSHIP_WEBHOOK_SECRET and
 `[release] outcome_url` are set; `outcome_note` says which it does.
@@ -40,7 +40,7 @@ from pipeline.build.plan import BuildRequest, Plan
 from pipeline.config import ReleaseConfig
 from pipeline.errors import PipelineError, RehearsalFailed, ReleaseError
 from pipeline.models import registry
-from pipeline.release import lease, ledger
+from pipeline.release import lease, ledger, recording
 from pipeline.release.api_diff import Change, diff_specs
 from pipeline.release.api_export import service_spec
 from pipeline.release.files import render_release
@@ -307,11 +307,11 @@ def hand_over(
     with lease.hold(settings, spec.name, echo, wait_s=wait_s, client=client) as held:
         # Holding the lease, no other release of the service is recording: a run without a
         # status was left by one that was killed or lost MLflow before it recorded.
-        left = ledger.discard_unrecorded(client, spec.name)
+        left = recording.discard_unrecorded(client, spec.name)
         if left:
             echo(f"Deleted {len(left)} unrecorded ledger run(s) of {spec.name} left by an "
                  f"interrupted release: {', '.join(r[:12] for r in left)}")
-        release_id = ledger.open_release(client, spec, artifact_root=settings.embedded_artifact_root)
+        release_id = recording.open_release(client, spec, artifact_root=settings.embedded_artifact_root)
         try:
             hook, reporting, outcome_note = outcome_reporting(settings, config, release_id)
             echo(f"Rendering the {spec.mode} release {release_id[:12]} into {outdir}")
@@ -331,7 +331,7 @@ def hand_over(
             held.verify()
             ledger.check_production(client, spec.name, production)
             echo(f"Recording release {release_id[:12]} in the ledger at {client.tracking_uri}")
-            record = ledger.record_release(
+            record = recording.record_release(
                 client, spec, files,
                 artifact_root=settings.embedded_artifact_root,
                 api_change=api.decision if api else None,
@@ -346,7 +346,7 @@ def hand_over(
                         else ledger.HANDED_OFF),
             )
         except BaseException:
-            ledger.discard_release(client, release_id)
+            recording.discard_release(client, release_id)
             raise
     if rehearsal is not None and not rehearsal.passed:
         raise RehearsalFailed(

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from pipeline.cli import cli
 from pipeline.config import ReleaseConfig
 from pipeline.errors import BadTransition, ReleaseError, ReleaseNotFound
-from pipeline.release import ledger, marking
+from pipeline.release import ledger, marking, recording
 from pipeline.release.files import render_release
 from pipeline.release.spec import ReleaseSpec
 from tests.stores import running_mlflow_server
@@ -63,7 +63,7 @@ def record(
 ) -> ledger.ReleaseRecord:
     """Record a release with `status` (default: promoted, what production is)."""
     files = render_release(s, ReleaseConfig(), tmp_path / f"render-{s.digest[-6:]}")
-    return ledger.record_release(client, s, files, status, artifact_root=tmp_path / "artifacts")
+    return recording.record_release(client, s, files, status, artifact_root=tmp_path / "artifacts")
 
 
 # --- backends -------------------------------------------------------------------------------------
@@ -114,7 +114,7 @@ def client(tracking_uri: str) -> MlflowClient:
 def test_a_release_round_trips_with_its_files(client: MlflowClient, tmp_path: Path) -> None:
     s = spec(7, baseline=6)
     files = render_release(s, ReleaseConfig(), tmp_path / "render")
-    recorded = ledger.record_release(client, s, files, artifact_root=tmp_path / "artifacts")
+    recorded = recording.record_release(client, s, files, artifact_root=tmp_path / "artifacts")
 
     assert ledger.get_release(client, recorded.release_id) == recorded
     assert ledger.get_release(client, recorded.release_id[:8]) == recorded
@@ -201,7 +201,7 @@ def test_an_ambiguous_prefix_is_refused(sqlite_store: str, tmp_path: Path) -> No
     # 17 run ids over 16 hex digits: at least two share their first character.
     artifacts = tmp_path / "artifacts"
     ids = [
-        ledger.record_release(client, spec(1), files, artifact_root=artifacts).release_id
+        recording.record_release(client, spec(1), files, artifact_root=artifacts).release_id
         for _ in range(17)
     ]
     shared = next(c for c in "0123456789abcdef" if sum(i.startswith(c) for i in ids) > 1)
@@ -215,7 +215,7 @@ def test_nothing_is_recorded_without_the_rendered_files(
     files = render_release(spec(1), ReleaseConfig(), tmp_path / "render")
     files["pipeline.json"].unlink()
     with pytest.raises(ReleaseError, match="rendered files are missing"):
-        ledger.record_release(client, spec(1), files)
+        recording.record_release(client, spec(1), files)
     assert ledger.list_releases(client) == []
 
 
@@ -373,7 +373,7 @@ def test_a_promoted_rollback_marks_the_release_it_replaced_rolled_back(
     one = record(client, tmp_path, spec(1))
     two = record(client, tmp_path, spec(2, baseline=1))
     files = render_release(spec(1, kind="rollback", baseline=2), ReleaseConfig(), tmp_path / "rb")
-    back = ledger.record_release(client, spec(1, kind="rollback", baseline=2), files,
+    back = recording.record_release(client, spec(1, kind="rollback", baseline=2), files,
                                  artifact_root=tmp_path / "artifacts",
                                  predecessor=two.release_id)
     done = marking.mark_release(client, back.release_id, "promoted", by="pipeline")
@@ -387,11 +387,11 @@ def test_an_opened_release_is_never_production_and_can_be_discarded(
     client: MlflowClient, tmp_path: Path
 ) -> None:
     one = record(client, tmp_path, spec(1))
-    run_id = ledger.open_release(client, spec(2, baseline=1), artifact_root=tmp_path / "a")
+    run_id = recording.open_release(client, spec(2, baseline=1), artifact_root=tmp_path / "a")
     assert ledger.get_release(client, run_id).status == "recording"
     assert ledger.latest_successful(client, name="demo-classifier") == one
     assert [r.release_id for r in ledger.list_releases(client)] == [one.release_id]
-    ledger.discard_release(client, run_id)
+    recording.discard_release(client, run_id)
     assert [r.release_id for r in ledger.list_releases(client)] == [one.release_id]
 
 
@@ -399,13 +399,13 @@ def test_a_run_an_interrupted_release_left_is_not_listed_and_the_next_release_de
     client: MlflowClient, tmp_path: Path
 ) -> None:
     one = record(client, tmp_path, spec(1))
-    left = ledger.open_release(client, spec(2, baseline=1), artifact_root=tmp_path / "a")
+    left = recording.open_release(client, spec(2, baseline=1), artifact_root=tmp_path / "a")
     # Killed after everything but the status tag, the commit point, was written.
     client.set_tag(left, "bentoship.kind", "model")
     assert [r.release_id for r in ledger.list_releases(client)] == [one.release_id]
     assert ledger.latest_successful(client, name="demo-classifier") == one
-    assert ledger.discard_unrecorded(client, "demo-classifier") == [left]
-    assert ledger.discard_unrecorded(client, "demo-classifier") == []
+    assert recording.discard_unrecorded(client, "demo-classifier") == [left]
+    assert recording.discard_unrecorded(client, "demo-classifier") == []
     assert ledger.get_release(client, one.release_id) == one
 
 

@@ -471,7 +471,7 @@ def post_outcome(url: str, release_id: str, outcome: str, *, signed_as: str | No
 def test_a_signed_outcome_marks_the_release_in_the_ledger_once(tmp_path: Path) -> None:
     from pipeline.flows.receiver import ledger_marker
     from pipeline.models.registry import settings_client
-    from pipeline.release import ledger, marking
+    from pipeline.release import ledger, marking, recording
     from pipeline.release.files import render_release
     from tests.unit.pipeline.release.test_release import demo_spec
 
@@ -480,7 +480,7 @@ def test_a_signed_outcome_marks_the_release_in_the_ledger_once(tmp_path: Path) -
     client = settings_client(settings)
     spec = demo_spec()
     files = render_release(spec, ReleaseConfig(), tmp_path / "release")
-    release = ledger.record_release(client, spec, files, artifact_root=tmp_path / "artifacts")
+    release = recording.record_release(client, spec, files, artifact_root=tmp_path / "artifacts")
     running = Receiver(SECRET, DeliveryJournal(tmp_path / "j.jsonl"), Recorder(),
                        mark=ledger_marker(settings))
     running.start()
