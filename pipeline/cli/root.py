@@ -62,7 +62,8 @@ def _register() -> None:
     from pipeline.cli.ci import ci, rollback
     from pipeline.cli.openapi import openapi
     from pipeline.cli.rehearse import rehearse
-    from pipeline.cli.release import release, releases, render
+    from pipeline.cli.release import release, render
+    from pipeline.cli.releases import releases
 
     cli.add_command(demo)
     cli.add_command(base)
