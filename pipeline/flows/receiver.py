@@ -48,13 +48,12 @@ import threading
 import traceback
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import BadTransition, ConfigError, PipelineError, ReleaseNotFound
 from pipeline.flows import webhook_server
+from pipeline.flows.journal import DeliveryJournal, Outcome
 from pipeline.flows.webhook import (
     ALIAS_CREATED,
     ALIAS_DELETED,
@@ -71,8 +70,6 @@ if TYPE_CHECKING:
     from pipeline.settings import Settings
 
 __all__ = [
-    "DeliveryJournal",
-    "Outcome",
     "Receiver",
     "event_filter",
     "release_handler",
@@ -82,72 +79,10 @@ __all__ = [
 MAX_BODY = 1 << 20
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What the worker did with a delivery: `released`, `skipped` or `failed`."""
-
-    status: str
-    detail: str
-    release_id: str | None = None
-
-
 Handle = Callable[[RegistryEvent], Outcome]
 # Record a reported outcome: (release id, outcome, who reported it) -> marking.Marked
 Mark = Callable[[str, str, str], Any]
 Filter = Callable[[RegistryEvent], str | None]  # a reason to ignore the event, or None
-
-
-class DeliveryJournal:
-    """Delivery ids and what became of them, one JSON line per change, safe across threads."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._entries: dict[str, dict[str, Any]] = {}
-        if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a crash: the rest is still good
-                if isinstance(entry, dict) and isinstance(entry.get("delivery_id"), str):
-                    self._entries.setdefault(entry["delivery_id"], {}).update(entry)
-
-    def accept(self, event: RegistryEvent) -> bool:
-        """Journal a new delivery as accepted; False when its id was seen before."""
-        assert event.delivery_id
-        with self._lock:
-            if event.delivery_id in self._entries:
-                return False
-            self._write({"delivery_id": event.delivery_id, "status": "accepted",
-                         "event": asdict(event)})
-            return True
-
-    def finish(self, delivery_id: str, outcome: Outcome) -> None:
-        with self._lock:
-            self._write({"delivery_id": delivery_id, **asdict(outcome)})
-
-    def seen(self, delivery_id: str) -> bool:
-        with self._lock:
-            return delivery_id in self._entries
-
-    def get(self, delivery_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            entry = self._entries.get(delivery_id)
-            return dict(entry) if entry else None
-
-    def unfinished(self) -> list[RegistryEvent]:
-        """Deliveries accepted but never finished (the receiver stopped), oldest first."""
-        with self._lock:
-            return [RegistryEvent(**e["event"]) for e in self._entries.values()
-                    if e.get("status") == "accepted" and isinstance(e.get("event"), dict)]
-
-    def _write(self, entry: dict[str, Any]) -> None:
-        entry = {**entry, "at": datetime.now(UTC).isoformat(timespec="seconds")}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(entry, sort_keys=True) + "\n")
-        self._entries.setdefault(entry["delivery_id"], {}).update(entry)
 
 
 def event_filter(models: tuple[str, ...], alias_events: tuple[str, ...]) -> Filter:

@@ -15,7 +15,8 @@ import threading
 import time
 from pathlib import Path
 
-from pipeline.flows.receiver import DeliveryJournal, Outcome, Receiver
+from pipeline.flows.journal import DeliveryJournal, Outcome
+from pipeline.flows.receiver import Receiver
 from pipeline.flows.webhook import RegistryEvent
 
 SECRET = "flood-webhook-secret"

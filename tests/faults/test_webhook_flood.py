@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 from mlflow.webhooks.delivery import _generate_hmac_signature
 
-from pipeline.flows.receiver import DeliveryJournal
+from pipeline.flows.journal import DeliveryJournal
 from tests.faults.flood_receiver import SECRET
 from tests.stores import free_port
 

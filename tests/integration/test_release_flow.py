@@ -146,7 +146,8 @@ def test_push_failure_records_nothing(store: Settings, two_releases, tmp_path: P
 def test_the_release_id_is_printed_and_its_pipeline_reports_the_outcome_to_the_receiver(
     store: Settings, two_releases, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
-    from pipeline.flows.receiver import DeliveryJournal, Receiver, ledger_marker
+    from pipeline.flows.journal import DeliveryJournal
+    from pipeline.flows.receiver import Receiver, ledger_marker
     from pipeline.release.outcome import SIGNATURE_HEADER
 
     secret = "release-flow-secret"

@@ -25,13 +25,8 @@ from mlflow.webhooks.delivery import _generate_hmac_signature
 
 from pipeline.config import CiConfig, ReleaseConfig
 from pipeline.errors import ConfigError
-from pipeline.flows.receiver import (
-    DeliveryJournal,
-    Outcome,
-    Receiver,
-    event_filter,
-    webhook_receiver,
-)
+from pipeline.flows.journal import DeliveryJournal, Outcome
+from pipeline.flows.receiver import Receiver, event_filter, webhook_receiver
 from pipeline.flows.webhook import RegistryEvent
 from pipeline.settings import load_settings
 from tests.stores import free_port
