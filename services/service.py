@@ -35,6 +35,8 @@ from services.errors import ModelLoadError
 
 if TYPE_CHECKING:
     from services.loading import LoadedModel
+    from services.metrics import Metrics
+    from services.predictor import Predictor
 
 logger = logging.getLogger("bentoship.service")
 
@@ -55,6 +57,32 @@ class _Bentoship:
     """Serves the control (and optional treatment) model of one bentoship config."""
 
     def __init__(self) -> None:
+        # Importing the models' libraries and loading the models allocate ~200,000 objects
+        # that live as long as the worker and no garbage worth a collection: the collections
+        # they triggered were ~12% of a worker's start (0.2 s of importing skops and XGBoost).
+        # The collector is on again below, after one full collection.
+        gc.disable()
+        try:
+            STATE.activate(*self._load())
+        finally:
+            gc.enable()
+        # Everything loaded so far (BentoML, numpy, pydantic, the models: ~200,000 objects the
+        # collector tracks) lives as long as the worker. A full collection walked it all: about
+        # 300 ms on a loaded 2-core machine with the event loop stopped, every request in flight
+        # waiting (the 32-client p99). Frozen, collections only walk what requests allocate.
+        gc.collect()
+        gc.freeze()
+        # What requests keep alive for a while (BentoML keeps a timer, a future and a bound
+        # method per request for its 30 s traffic timeout) still made full collections long:
+        # 19 in a 4-minute benchmark run, 38 ms on average and up to 137 ms, the loop stopped.
+        # One full collection per 100 of the middle generation instead of 10: 3 in the same
+        # run. Requests' objects are freed by reference counting; only cycles wait longer.
+        young, middle, _ = gc.get_threshold()
+        gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
+        logger.info("bentoship %s ready (%s)", CONFIG.name, CONFIG.image_tag)
+
+    def _load(self) -> tuple[Predictor, Metrics]:
+        """The predictor over every loaded and warmed-up model, and the worker's metrics."""
         # Imported here, in the worker: BentoML's supervisor imports this module too, only to
         # read the service's declaration, and numpy and the models' libraries would cost its
         # start (before any worker is spawned) without being used there.
@@ -76,21 +104,7 @@ class _Bentoship:
             )
         predictor = Predictor.from_config(CONFIG, models)
         predictor.warm_up()
-        STATE.activate(predictor, create_metrics())
-        # Everything loaded so far (BentoML, numpy, pydantic, the models: ~200,000 objects the
-        # collector tracks) lives as long as the worker. A full collection walked it all: about
-        # 300 ms on a loaded 2-core machine with the event loop stopped, every request in flight
-        # waiting (the 32-client p99). Frozen, collections only walk what requests allocate.
-        gc.collect()
-        gc.freeze()
-        # What requests keep alive for a while (BentoML keeps a timer, a future and a bound
-        # method per request for its 30 s traffic timeout) still made full collections long:
-        # 19 in a 4-minute benchmark run, 38 ms on average and up to 137 ms, the loop stopped.
-        # One full collection per 100 of the middle generation instead of 10: 3 in the same
-        # run. Requests' objects are freed by reference counting; only cycles wait longer.
-        young, middle, _ = gc.get_threshold()
-        gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
-        logger.info("bentoship %s ready (%s)", CONFIG.name, CONFIG.image_tag)
+        return predictor, create_metrics()
 
     def __is_ready__(self) -> bool:
         return STATE.ready

@@ -179,7 +179,8 @@ def write_config(context: Path, config: dict[str, Any]) -> None:
 # Imports BentoML first, then waits for its arguments on stdin: started early (`Starter`), its
 # import (~0.8 s) overlaps the build's planning.
 _BUILD_SCRIPT = """
-import json, os, shutil, sys
+import gc, json, os, shutil, sys
+gc.disable()  # a child of seconds: collections only slowed its imports
 import bentoml, bentoml.bentos, bentoml.models
 bentoml.service, bentoml.asgi_app  # BentoML loads these lazily: now, while it waits
 args = json.loads(sys.stdin.read())

@@ -45,7 +45,8 @@ TIMEOUT_S = 300.0
 _REPORT = "LOADCHECK="
 
 _SCRIPT = """
-import json, sys
+import gc, json, sys
+gc.disable()  # a child of seconds: collections only slowed its imports (~12%)
 args = json.loads(sys.stdin.read())
 sys.path.insert(0, args["context"])
 from services.config import ServiceConfig
