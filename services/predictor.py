@@ -185,16 +185,13 @@ class Predictor:
     def _answer(
         self, part: Part, values: np.ndarray
     ) -> tuple[list[dict[str, Any]], VariantAnswer]:
-        variant = self.config.variant(part.variant)
+        version = self.config.variant(part.variant).version
         try:
             answer = decide(self.config.output, values, self.config.threshold)
-            rows = answer_rows(self.config.output, answer)
+            rows = answer_rows(self.config.output, answer, part.variant, version)
         except ServiceError as exc:
             exc.variant = part.variant
             raise
-        for row in rows:
-            row["variant"] = part.variant
-            row["model_version"] = variant.version
         return rows, answer
 
     def _predict(self, name: str, matrix: np.ndarray, positions: np.ndarray) -> np.ndarray:

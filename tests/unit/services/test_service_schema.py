@@ -13,7 +13,10 @@ from services.config import ServiceConfig
 from services.errors import InvalidInputError, MalformedBodyError, ServiceError, TooManyRowsError
 from services.json_schema import row_schema
 from services.schema import (
+    _FEW_VALUES,
     MAX_PROBLEMS,
+    Batch,
+    RowSchema,
     _checked,
     _fast_numeric,
     compile_schema,
@@ -249,7 +252,8 @@ def test_fast_path_never_accepts_what_the_checked_path_refuses(numeric: ServiceC
     schema = compile_schema(numeric)
     rng = random.Random(7)
     good: list[Any] = [0, 1, -3, 2.5, 3.0, 7]
-    bad: list[Any] = [1e39, 2**31, 2**63, True, False, None, "1", [1], {}]
+    bad: list[Any] = [1e39, 2**31, 2**63, 2**64, True, False, None, "1", [1], [], {},
+                      math.nan, math.inf]
     names = ["age", "income", "ratio", "count", "request_id", "extra"]
     accepted_fast = 0
     for _ in range(5000):
@@ -273,6 +277,118 @@ def test_fast_path_never_accepts_what_the_checked_path_refuses(numeric: ServiceC
             np.testing.assert_array_equal(fast.matrix, checked.matrix)
             assert fast.keys == checked.keys
     assert accepted_fast > 500
+
+
+def assert_fast_agrees(rows: list[Any], schema: RowSchema) -> Batch | None:
+    """The fast path refuses (None) whatever the checked path refuses, and otherwise answers
+    the checked path's matrix and keys exactly (or leaves the rows to it); for these rows and
+    for a batch of them large enough that booleans are looked for by numpy."""
+    many = rows * (_FEW_VALUES // len(schema.names) + 1)
+    assert len(many) * len(schema.names) > _FEW_VALUES
+    fast_many = _agreeing(many, schema)
+    fast = _agreeing(rows, schema)
+    assert (fast is None) == (fast_many is None), rows
+    return fast
+
+
+def _agreeing(rows: list[Any], schema: RowSchema) -> Batch | None:
+    fast = _fast_numeric(rows, schema)
+    try:
+        checked = _checked(rows, schema)
+    except InvalidInputError:
+        assert fast is None, rows
+        return None
+    if fast is not None:
+        assert fast.matrix.dtype == checked.matrix.dtype == np.float64
+        np.testing.assert_array_equal(fast.matrix, checked.matrix)
+        assert fast.keys == checked.keys
+    return fast
+
+
+TRICKY_VALUES: list[Any] = [
+    True, False, None, "1", "1.5", "", math.nan, math.inf, -math.inf, [1], [], [[1]], {},
+    {"a": 1}, 0, 1, 0.0, 1.0, -0.0, 3.0, 2.5, -1, 2**31 - 1, 2**31, -(2**31), -(2**31) - 1,
+    2**53 + 1, 2**63 - 1, 2**63, -(2**63), -(2**63) - 1, 2**64 - 1, 2**64, 10**30, 1e39,
+    -1e39, 3.4e38, 1e300, 5e-324,
+]
+
+
+@pytest.mark.parametrize("value", TRICKY_VALUES, ids=repr)
+@pytest.mark.parametrize("column", ["age", "income", "ratio", "count"])
+def test_fast_path_agrees_on_a_tricky_value(
+    numeric: ServiceConfig, column: str, value: Any
+) -> None:
+    schema = compile_schema(numeric)
+    good = {"age": 4, "income": 0.25, "ratio": 1.5, "count": 2}
+    for others in ({}, {"age": 7.0, "income": 3, "count": 0}):
+        rows = [{**good, **others}, {**good, **others, column: value}]
+        assert_fast_agrees(rows, schema)
+        assert_fast_agrees([row for row in reversed(rows)], schema)
+
+
+@pytest.mark.parametrize(
+    "value", [0, 1, 0.0, 1.0, -0.0, 2**53 + 1, 2**62, -(2**63), 1e300, -1e300, 5e-324],
+    ids=repr,
+)
+def test_fast_path_takes_clean_numbers(numeric: ServiceConfig, value: Any) -> None:
+    schema = compile_schema(numeric)
+    rows = [{"age": 1, "income": value, "ratio": 0.5, "count": 0}, {"age": 2, "income": 1.5,
+                                                                   "ratio": 1, "count": 1}]
+    assert assert_fast_agrees(rows, schema) is not None
+
+
+def test_fast_path_takes_rows_with_and_without_keys(config_data: dict[str, Any],
+                                                    numeric: ServiceConfig) -> None:
+    row = {"age": 1, "income": 2.0, "ratio": 0.5, "count": 1}
+    rows = [row, {**row, "request_id": "k"}, {**row, "request_id": 7}, {**row, "request_id": None}]
+    assert assert_fast_agrees(rows, compile_schema(numeric)) is not None
+    keyed = make_config(
+        config_data,
+        [{"name": "request_id", "type": "long"}, {"name": "income", "type": "double"}],
+    )
+    keyed_rows = [{"request_id": 3, "income": 0.5}, {"request_id": -4, "income": 1}]
+    assert assert_fast_agrees(keyed_rows, compile_schema(keyed)) is not None
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [{"age": 1, "income": 2.0, "ratio": 0.5}],  # an optional feature missing
+        [{"age": 1, "income": 2.0, "ratio": 0.5, "count": 1, "extra": 1}],
+        [{"age": 1, "income": 2.0, "ratio": 0.5, "count": 1, "request_id": "k", "extra": 1}],
+        [{"age": 1, "income": 2.0, "ratio": 0.5, "count": 1, "request_id": "k"},
+         {"age": 1, "income": 2.0, "ratio": 0.5, "extra": 1}],  # the same field count in all
+        [{"age": 1, "income": 2.0, "ratio": 0.5, "count": 1}, {}],
+        [{"age": 1, "income": 2.0, "ratio": 0.5, "count": 1}, 1],
+        [{"age": 1, "income": 2.0, "ratio": 0.5, "count": 1}, [1, 2.0, 0.5, 1]],
+        [{"age": 1, "income": 2.0, "ratio": 0.5, "count": 1}, "row"],
+        [{"age": 1, "income": 2.0, "ratio": 0.5, "count": 1}, None],
+        *(
+            [{"age": 1, "income": 2.0, "ratio": 0.5, "count": 1, "request_id": key}]
+            for key in ["k", "", 7, -7, 2**70, 3.0, 3.5, True, None, [1], {}]
+        ),
+    ],
+    ids=repr,
+)
+def test_fast_path_agrees_on_fields_and_keys(numeric: ServiceConfig, rows: list[Any]) -> None:
+    assert_fast_agrees(rows, compile_schema(numeric))
+
+
+@pytest.mark.parametrize("value", TRICKY_VALUES, ids=repr)
+def test_fast_path_agrees_when_the_key_is_a_feature_and_on_one_feature(
+    config_data: dict[str, Any], value: Any
+) -> None:
+    keyed = make_config(
+        config_data,
+        [{"name": "request_id", "type": "long"}, {"name": "income", "type": "double"}],
+    )
+    one = make_config(config_data, [{"name": "income", "type": "double"}],
+                      routing={**config_data["routing"], "key_field": None})
+    for schema in (compile_schema(keyed), compile_schema(one)):
+        for row in ({"request_id": value, "income": 1.0}, {"request_id": 4, "income": value},
+                    {"income": value}):
+            assert_fast_agrees([row, {"request_id": 3, "income": 0.5}], schema)
+            assert_fast_agrees([row], schema)
 
 
 def test_too_many_rows_check_comes_before_row_checks(numeric: ServiceConfig) -> None:
