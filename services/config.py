@@ -25,21 +25,18 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from services.errors import ConfigError
+from services.values import check_value
 
 CONFIG_FILENAME = "bentoship.json"
 
 ColumnType = Literal["double", "float", "long", "integer", "boolean", "string"]
 Flavor = Literal["xgboost", "sklearn", "lightgbm", "onnx", "python_function"]
 Task = Literal["classification", "regression"]
-NUMERIC_TYPES: frozenset[str] = frozenset({"double", "float", "long", "integer"})
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$")
 _VARIANT = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _HEADER = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
-_INT_RANGES = {"long": (-(2**63), 2**63 - 1), "integer": (-(2**31), 2**31 - 1)}
-_FLOAT32_MAX = 3.4028234663852886e38
-_FLOAT64_MAX = 1.7976931348623157e308
 
 
 class _Frozen(BaseModel):
@@ -339,67 +336,6 @@ class ServiceConfig(_Frozen):
             if candidate.name == name:
                 return candidate
         raise KeyError(name)
-
-
-def check_value(column_type: str, value: object) -> str | None:
-    """Why ``value`` (parsed from JSON) does not fit ``column_type``, or None when it does.
-
-    Booleans are never numbers and numbers never booleans; integer columns take integral
-    floats such as ``3.0``; ``float`` (32-bit) columns refuse values that would overflow.
-    """
-    if isinstance(value, bool):
-        fits = column_type == "boolean"
-    elif isinstance(value, int | float):
-        if isinstance(value, float) and not math.isfinite(value):
-            return "must be a finite number"
-        if column_type in ("double", "float"):
-            if column_type == "float" and abs(value) > _FLOAT32_MAX:
-                return "out of range for a 32-bit float"
-            if abs(value) > _FLOAT64_MAX:
-                return "out of range for a double"
-            return None
-        if column_type in _INT_RANGES:
-            if isinstance(value, float):
-                if not value.is_integer():
-                    return "expected an integer, got a fraction"
-                value = int(value)
-            low, high = _INT_RANGES[column_type]
-            return (
-                None if low <= value <= high else f"out of range for {column_type} ({low}..{high})"
-            )
-        fits = False
-    else:
-        fits = isinstance(value, str) and column_type == "string"
-    if fits:
-        return None
-    return f"expected {_EXPECTED[column_type]}, got {json_type_name(value)}"
-
-
-_EXPECTED = {
-    "double": "a number",
-    "float": "a number",
-    "long": "an integer",
-    "integer": "an integer",
-    "boolean": "a boolean",
-    "string": "a string",
-}
-
-
-def json_type_name(value: object) -> str:
-    """The JSON name of a parsed value's type, for messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> ServiceConfig:

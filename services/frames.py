@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from services.config import NUMERIC_TYPES, Feature, check_value
+from services.config import Feature
 from services.errors import InvalidInputError, PostprocessError, PreprocessError, describe, problem
 from services.hooks import RejectInput
 from services.schema import MAX_PROBLEMS, Batch
+from services.values import NUMERIC_TYPES, check_value
 
 _DTYPES = {"double": "float64", "float": "float32", "long": "int64", "integer": "int32",
            "boolean": "bool", "string": "object"}

@@ -43,7 +43,7 @@ _ROUTING_CODES = ("not_found", "method_not_allowed")
 # Variant roles the pipeline configures; always listed so the enum does not change between a
 # single-model release and an A/B release.
 _ROLES = ("control", "treatment")
-# What JSON numbers each column type accepts (services/config.py `check_value`).
+# What JSON numbers each column type accepts (services/values.py `check_value`).
 _BOUNDS: dict[str, tuple[float, float]] = {
     "long": (-(2**63), 2**63 - 1),
     "integer": (-(2**31), 2**31 - 1),

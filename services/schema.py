@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from services.config import NUMERIC_TYPES, Feature, ServiceConfig, check_value, json_type_name
+from services.config import Feature, ServiceConfig
 from services.errors import (
     InvalidInputError,
     MalformedBodyError,
@@ -43,9 +43,9 @@ from services.errors import (
     TooManyRowsError,
     problem,
 )
+from services.values import FLOAT32_MAX, NUMERIC_TYPES, check_value, json_type_name
 
 MAX_PROBLEMS = 50
-_FLOAT32_MAX = 3.4028234663852886e38
 _FEW_VALUES = 256  # see _has_booleans
 _ABSENT = object()  # a row without its key field (null is a key: none)
 
@@ -262,7 +262,7 @@ def _in_range(matrix: np.ndarray, types: tuple[str, ...]) -> bool:
             continue
         column = matrix[:, j]
         if column_type == "float":
-            if np.any(np.abs(column) > _FLOAT32_MAX):
+            if np.any(np.abs(column) > FLOAT32_MAX):
                 return False
         else:
             # long/integer: integral, and within range (2**63 itself is not a long).
