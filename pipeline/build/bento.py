@@ -246,10 +246,10 @@ class Starter:
         if self._proc is not None:
             _kill(self._proc)
 
-    def take(self, bentoml_home: Path) -> subprocess.Popen[str]:
-        """The started process (once), or a new one for another store or a second attempt."""
+    def take(self) -> subprocess.Popen[str]:
+        """The started process (once), or a new one (a second attempt)."""
         proc, self._proc = self._proc, None
-        return proc if proc is not None and bentoml_home == self.bentoml_home else _spawn(bentoml_home)
+        return proc if proc is not None else _spawn(self.bentoml_home)
 
 
 def _spawn(bentoml_home: Path) -> subprocess.Popen[str]:
@@ -294,7 +294,7 @@ def make_bento(
     starter = starter or Starter(bentoml_home)
     while True:
         bento_path = _run_build(infos, context, name, version, labels,
-                                starter.take(bentoml_home), echo, replace)
+                                starter.take(), echo, replace)
         spoiled = {i.bento_tag for i in infos
                    if _exported_digest(bento_path, i) != i.manifest_sha256}
         if not spoiled:

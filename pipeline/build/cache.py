@@ -21,8 +21,10 @@ or found), so a failed build leaves none behind:
   downloading or loading the models.
 
 BentoML's store (`$BENTOSHIP_HOME/bentoml`) keeps the imported models too; `bento.make_bento`
-verifies the copy it exports against the same digest. Besides these, `lookups/` holds MLflow's answers for the references built
-(`pipeline/models/recall.py`). Nothing else lives under `cache/`:
+verifies the copy it exports against the same digest. Besides these, `lookups/<key>.json`
+holds MLflow's answer for each model reference a build resolved (`pipeline/models/recall.py`
+says what is kept and when it still holds), written when MLflow answered. Nothing else lives
+under `cache/`:
 `rm -rf $BENTOSHIP_HOME/cache` clears it, and the next build downloads and checks everything.
 """
 
@@ -123,6 +125,18 @@ def load_check(root: Path, key: str) -> dict[str, Any] | None:
 
 def keep_check(root: Path, key: str, found: dict[str, Any]) -> None:
     _keep(root / "checks", key, found)
+
+
+def load_lookup(root: Path, registry_uri: str, ref: str) -> dict[str, Any] | None:
+    return _load(root / "lookups", _lookup_key(registry_uri, ref))
+
+
+def keep_lookup(root: Path, registry_uri: str, ref: str, kept: dict[str, Any]) -> None:
+    _keep(root / "lookups", _lookup_key(registry_uri, ref), kept)
+
+
+def _lookup_key(registry_uri: str, ref: str) -> str:
+    return hashlib.sha256(json.dumps([registry_uri, ref]).encode()).hexdigest()[:32]
 
 
 def _load(folder: Path, key: str) -> dict[str, Any] | None:

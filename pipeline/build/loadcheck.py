@@ -176,7 +176,6 @@ class Checked:
     output: dict[str, Any]  # services.config.Output
     hooks: dict[str, Any] | None  # services.config.HookConfig
     examples: list[dict[str, Any]]  # the rows the smoke test sends (request rows)
-    from_cache: bool = False  # an earlier check's findings (`cache.load_check`): no verdicts
 
 
 def check_models(

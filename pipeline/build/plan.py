@@ -9,6 +9,7 @@ configuration. Everything after a `Plan` (`builder.build`, `builder.serve`) is s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -181,7 +182,6 @@ class Plan:
     loadcheck_s: float = 0.0  # seconds the load check took (part of planning)
     cached: tuple[str, ...] = ()  # the variants whose artifacts came from the build cache
     check_key: str = ""  # the build cache's key of what the load check found (cache.check_key)
-    check_reused: bool = False  # found in the build cache: no models were loaded here
 
     @property
     def models(self) -> dict[str, dict[str, str]]:
@@ -222,8 +222,7 @@ def _resolve(refs: dict[str, registry.ModelRef], settings: Settings,
              echo: Echo) -> dict[str, registry.ModelVersion]:
     """Each reference's exact READY version: the build cache's earlier answer where the
     registry confirms it without MLflow (`recall.py`), else MLflow's, remembered."""
-    cache_root, uri = settings.build_cache, settings.registry_uri
-    versions = {variant: recall.recall(cache_root, uri, ref) for variant, ref in refs.items()}
+    versions = {variant: _confirmed(settings, ref) for variant, ref in refs.items()}
     if all(versions.values()):
         echo("  the registry confirms the last build's answers (no MLflow client needed)")
     else:
@@ -231,8 +230,20 @@ def _resolve(refs: dict[str, registry.ModelRef], settings: Settings,
         for variant, ref in refs.items():
             if versions[variant] is None:
                 versions[variant] = mv = registry.resolve(client, ref)
-                recall.remember(cache_root, uri, ref, mv)
+                _remember(settings, ref, mv)
     return {variant: mv for variant, mv in versions.items() if mv is not None}
+
+
+def _confirmed(settings: Settings, ref: registry.ModelRef) -> registry.ModelVersion | None:
+    kept = cache.load_lookup(settings.build_cache, settings.registry_uri, str(ref))
+    return recall.confirm(kept, settings.registry_uri, ref) if kept is not None else None
+
+
+def _remember(settings: Settings, ref: registry.ModelRef, mv: registry.ModelVersion) -> None:
+    """Keep MLflow's answer for `ref` (best effort: the cache is optional)."""
+    with contextlib.suppress(OSError):
+        cache.keep_lookup(settings.build_cache, settings.registry_uri, str(ref),
+                          recall.record(settings.registry_uri, mv))
 
 
 def plan(resolved: Resolved, settings: Settings, work: Path, echo: Echo, *,
@@ -264,9 +275,8 @@ def plan(resolved: Resolved, settings: Settings, work: Path, echo: Echo, *,
             path = registry.download(client, mv, work / "mlflow" / variant)
             manifest = integrity.verify_or_record(client, mv, path)
             if mv.manifest_sha256 is None:  # recorded now: what the registry answers from here
-                recall.remember(settings.build_cache, settings.registry_uri,
-                                registry.parse_ref(mv.requested_as),
-                                dataclasses.replace(mv, manifest_sha256=manifest))
+                _remember(settings, registry.parse_ref(mv.requested_as),
+                          dataclasses.replace(mv, manifest_sha256=manifest))
         infos.append(bento.inspect_model(variant, mv, path, manifest))
     bento.check_compatible(infos)
     needs_pyfunc = any(i.flavor not in bento.NATIVE_FLAVORS for i in infos)
@@ -307,7 +317,7 @@ def plan(resolved: Resolved, settings: Settings, work: Path, echo: Echo, *,
     bento.write_config(context, config)
     config_sha = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
     return Plan(resolved, infos, requirements, config, config_sha, context, checked.examples,
-                loadcheck_s, tuple(cached), key, checked.from_cache)
+                loadcheck_s, tuple(cached), key)
 
 
 def _load_check(
@@ -320,7 +330,7 @@ def _load_check(
     if found is not None:
         echo("Load check: in the build cache (these artifacts and settings passed it before); "
              "the smoke test loads the models with this code")
-        return loadcheck.Checked([], found["output"], None, found["examples"], from_cache=True)
+        return loadcheck.Checked([], found["output"], None, found["examples"])
     # The service's own loader on every model, before anything slow: seconds, not the smoke
     # test's readiness deadline. It also finds what the models answer and what the hooks take.
     echo("Loading the models with the service's code")

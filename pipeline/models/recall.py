@@ -5,9 +5,9 @@ modules) for a lookup of milliseconds: most of a rebuild that changes nothing. A
 reference MLflow answered before only needs to know whether that answer still holds: the
 same version, READY, with the same run, source, aliases and recorded manifest digest.
 
-`remember` keeps MLflow's answer for a reference in the build cache (`lookups/<key>.json`,
-with the installed MLflow's version and, for SQLite, the database's schema revision).
-`recall` asks the registry again by a path that needs no MLflow import:
+`record` is what the build cache keeps of MLflow's answer for a reference (`cache.keep_lookup`):
+the answer, the installed MLflow's version and, for SQLite, the database's schema revision.
+`confirm` asks the registry again by a path that needs no MLflow import:
 
 - the SQLite store (`sqlite:///...`, the embedded default): the registry tables MLflow wrote,
   opened read-only, and only while the schema revision (`alembic_version`) and MLflow's
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import json
 import os
 import sqlite3
@@ -50,32 +49,27 @@ _LEFT_TO_MLFLOW = (
 )
 
 
-def remember(cache_root: Path, registry_uri: str, ref: ModelRef, mv: ModelVersion) -> None:
-    """Keep MLflow's answer for `ref` (best effort: the cache is optional)."""
-    record = {"answer": _comparable(mv), "mlflow": _mlflow_version(),
-              "schema": _schema_revision(registry_uri)}
-    folder = cache_root / "lookups"
-    staging = folder / f".{_key(registry_uri, ref)}.{os.getpid()}"
-    with contextlib.suppress(OSError):
-        folder.mkdir(parents=True, exist_ok=True)
-        staging.write_text(json.dumps(record, sort_keys=True))
-        os.replace(staging, folder / f"{_key(registry_uri, ref)}.json")
+def record(registry_uri: str, mv: ModelVersion) -> dict[str, Any]:
+    """What to keep of MLflow's answer `mv`, for `confirm` to check later."""
+    revision = None
+    if registry_uri.startswith("sqlite:///"):
+        with contextlib.suppress(OSError, sqlite3.Error), \
+                contextlib.closing(_connect(_sqlite_path(registry_uri))) as db:
+            revision = _schema_revision(db)
+    return {"answer": _comparable(mv), "mlflow": _mlflow_version(), "schema": revision}
 
 
-def recall(cache_root: Path, registry_uri: str, ref: ModelRef) -> ModelVersion | None:
-    """The remembered version of `ref` if the registry still answers exactly that, else None."""
-    try:
-        record = json.loads((cache_root / "lookups" / f"{_key(registry_uri, ref)}.json").read_text())
-        answer = record["answer"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if (ref.alias or "").lower() == "latest" or record.get("mlflow") != _mlflow_version():
+def confirm(kept: dict[str, Any], registry_uri: str, ref: ModelRef) -> ModelVersion | None:
+    """The version `kept` (a `record`) holds if the registry still answers exactly that, else
+    None."""
+    answer = kept.get("answer")
+    if (ref.alias or "").lower() == "latest" or kept.get("mlflow") != _mlflow_version():
         return None
     try:
         if registry_uri.startswith("sqlite:///"):
-            if record.get("schema") is None or record["schema"] != _schema_revision(registry_uri):
-                return None
-            found = _from_sqlite(_sqlite_path(registry_uri), ref)
+            with contextlib.closing(_connect(_sqlite_path(registry_uri))) as db:
+                found = (_from_sqlite(db, ref) if kept.get("schema") is not None
+                         and kept["schema"] == _schema_revision(db) else None)
         elif registry_uri.startswith(("http://", "https://")):
             found = _from_server(registry_uri, ref)
         else:
@@ -101,42 +95,35 @@ def _connect(path: str) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True, timeout=TIMEOUT_S)
 
 
-def _schema_revision(registry_uri: str) -> str | None:
-    if not registry_uri.startswith("sqlite:///"):
-        return None
-    try:
-        with contextlib.closing(_connect(_sqlite_path(registry_uri))) as db:
-            rows = db.execute("SELECT version_num FROM alembic_version").fetchall()
-    except (OSError, sqlite3.Error):
-        return None
+def _schema_revision(db: sqlite3.Connection) -> str | None:
+    rows = db.execute("SELECT version_num FROM alembic_version").fetchall()
     return rows[0][0] if len(rows) == 1 else None
 
 
-def _from_sqlite(path: str, ref: ModelRef) -> ModelVersion | None:
+def _from_sqlite(db: sqlite3.Connection, ref: ModelRef) -> ModelVersion | None:
     """The version as MLflow's SqlAlchemyStore reads it: not deleted, in the default workspace."""
-    with contextlib.closing(_connect(path)) as db:
-        columns = {row[1] for row in db.execute("PRAGMA table_info(model_versions)")}
-        where = " AND workspace = 'default'" if "workspace" in columns else ""
-        version: Any = ref.version
-        if ref.alias is not None:
-            row = db.execute("SELECT version FROM registered_model_aliases WHERE name = ? AND "
-                             f"alias = ?{where}", (ref.name, ref.alias)).fetchone()
-            if row is None:
-                return None
-            version = row[0]
-        found = db.execute(
-            "SELECT version, run_id, source, status FROM model_versions WHERE name = ? AND "
-            f"version = ? AND current_stage != 'Deleted_Internal'{where}",
-            (ref.name, int(version)),
-        ).fetchone()
-        if found is None or found[3] != "READY":
+    columns = {row[1] for row in db.execute("PRAGMA table_info(model_versions)")}
+    where = " AND workspace = 'default'" if "workspace" in columns else ""
+    version: Any = ref.version
+    if ref.alias is not None:
+        row = db.execute("SELECT version FROM registered_model_aliases WHERE name = ? AND "
+                         f"alias = ?{where}", (ref.name, ref.alias)).fetchone()
+        if row is None:
             return None
-        aliases = [r[0] for r in db.execute(
-            f"SELECT alias FROM registered_model_aliases WHERE name = ? AND version = ?{where}",
-            (ref.name, found[0]))]
-        digest = db.execute(
-            f"SELECT value FROM model_version_tags WHERE name = ? AND version = ? AND key = ?{where}",
-            (ref.name, found[0], DIGEST_TAG)).fetchone()
+        version = row[0]
+    found = db.execute(
+        "SELECT version, run_id, source, status FROM model_versions WHERE name = ? AND "
+        f"version = ? AND current_stage != 'Deleted_Internal'{where}",
+        (ref.name, int(version)),
+    ).fetchone()
+    if found is None or found[3] != "READY":
+        return None
+    aliases = [r[0] for r in db.execute(
+        f"SELECT alias FROM registered_model_aliases WHERE name = ? AND version = ?{where}",
+        (ref.name, found[0]))]
+    digest = db.execute(
+        f"SELECT value FROM model_version_tags WHERE name = ? AND version = ? AND key = ?{where}",
+        (ref.name, found[0], DIGEST_TAG)).fetchone()
     return ModelVersion(name=ref.name, version=str(found[0]), run_id=found[1] or "",
                         source=found[2] or "", aliases=tuple(sorted(aliases)),
                         requested_as=str(ref), manifest_sha256=digest[0] if digest else None)
@@ -183,10 +170,6 @@ def _auth_headers() -> dict[str, str]:
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def _key(registry_uri: str, ref: ModelRef) -> str:
-    return hashlib.sha256(json.dumps([registry_uri, str(ref)]).encode()).hexdigest()[:32]
 
 
 def _comparable(mv: ModelVersion) -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -49,23 +48,24 @@ def test_build_from_an_mlflow_server(server_env: dict[str, str], docker_client, 
 
 
 def test_a_rebuild_confirms_mlflow_s_answer_over_its_rest_api(
-    server_env: dict[str, str], tmp_path: Path
+    server_env: dict[str, str],
 ) -> None:
     from pipeline.models import recall
     from pipeline.models.registry import client_for, parse_ref, resolve
 
-    url, cache_root = server_env["MLFLOW_TRACKING_URI"], tmp_path / "cache"
+    url = server_env["MLFLOW_TRACKING_URI"]
     client = client_for(url)
+    kept: dict[str, dict[str, object]] = {}
     for text in ("demo-classifier@champion", "demo-classifier/2"):
         ref = parse_ref(text)
         mv = resolve(client, ref)
-        assert recall.recall(cache_root, url, ref) is None  # never answered by MLflow here
-        recall.remember(cache_root, url, ref, mv)
-        assert recall.recall(cache_root, url, ref) == mv
+        kept[text] = recall.record(url, mv)
+        assert recall.confirm(kept[text], url, ref) == mv
     champion = parse_ref("demo-classifier@champion")
     client.set_registered_model_alias("demo-classifier", "champion", "2")
     try:
-        assert recall.recall(cache_root, url, champion) is None  # moved: MLflow is asked
+        # moved: MLflow is asked
+        assert recall.confirm(kept["demo-classifier@champion"], url, champion) is None
     finally:
         client.set_registered_model_alias("demo-classifier", "champion", "1")
-    assert recall.recall(cache_root, url, champion) is not None
+    assert recall.confirm(kept["demo-classifier@champion"], url, champion) is not None

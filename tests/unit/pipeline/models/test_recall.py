@@ -3,7 +3,6 @@ nothing, against a real SQLite store that MLflow's own client changes."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.build import cache
 from pipeline.build.plan import BuildRequest, resolve_request
 from pipeline.models import integrity, recall
 from pipeline.models.registry import ModelRef, ModelVersion, client_for, parse_ref, resolve
@@ -21,14 +21,17 @@ MODEL = "demo-classifier"
 
 
 def _remembered(settings: Settings, text: str) -> tuple[ModelRef, ModelVersion]:
+    """Resolve `text` with MLflow and keep its answer, as a build does."""
     ref = parse_ref(text)
     mv = resolve(client_for(settings.tracking_uri), ref)
-    recall.remember(settings.build_cache, settings.registry_uri, ref, mv)
+    cache.keep_lookup(settings.build_cache, settings.registry_uri, text,
+                      recall.record(settings.registry_uri, mv))
     return ref, mv
 
 
 def _recall(settings: Settings, ref: ModelRef) -> ModelVersion | None:
-    return recall.recall(settings.build_cache, settings.registry_uri, ref)
+    kept = cache.load_lookup(settings.build_cache, settings.registry_uri, str(ref))
+    return recall.confirm(kept, settings.registry_uri, ref) if kept is not None else None
 
 
 @pytest.mark.parametrize("text", [f"{MODEL}@champion", f"{MODEL}/2"])
@@ -84,25 +87,22 @@ def test_a_changed_tag_or_alias_set_is_a_changed_answer(fresh_demo_store: Settin
 def test_another_mlflow_or_schema_revision_is_left_to_mlflow(
     fresh_demo_store: Settings, field: str
 ) -> None:
-    ref, _ = _remembered(fresh_demo_store, f"{MODEL}@champion")
-    (record_file,) = (fresh_demo_store.build_cache / "lookups").glob("*.json")
-    record = json.loads(record_file.read_text())
-    record[field] = "another"
-    record_file.write_text(json.dumps(record))
-    assert _recall(fresh_demo_store, ref) is None
+    ref, mv = _remembered(fresh_demo_store, f"{MODEL}@champion")
+    kept = recall.record(fresh_demo_store.registry_uri, mv)
+    assert recall.confirm(kept, fresh_demo_store.registry_uri, ref) == mv
+    assert recall.confirm({**kept, field: "another"}, fresh_demo_store.registry_uri, ref) is None
 
 
 def test_the_alias_latest_and_other_registries_are_left_to_mlflow(
     fresh_demo_store: Settings, tmp_path: Path
 ) -> None:
     ref, mv = _remembered(fresh_demo_store, f"{MODEL}@champion")
-    assert recall.recall(fresh_demo_store.build_cache, "databricks", ref) is None
+    uri = fresh_demo_store.registry_uri
+    assert recall.confirm(recall.record(uri, mv), "databricks", ref) is None
     latest = ModelRef(MODEL, alias="latest")
-    recall.remember(fresh_demo_store.build_cache, fresh_demo_store.registry_uri, latest, mv)
-    assert _recall(fresh_demo_store, latest) is None
+    assert recall.confirm(recall.record(uri, mv), uri, latest) is None
     missing = f"sqlite:///{tmp_path / 'gone.db'}"
-    recall.remember(fresh_demo_store.build_cache, missing, ref, mv)
-    assert recall.recall(fresh_demo_store.build_cache, missing, ref) is None
+    assert recall.confirm(recall.record(missing, mv), missing, ref) is None
     assert not (tmp_path / "gone.db").exists()  # read-only: never creates a store
 
 
