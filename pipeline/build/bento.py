@@ -9,18 +9,17 @@ derived from the models' signatures; `bentoml.bentos.build` then makes the Bento
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import yaml
 
+from pipeline.build.starter import Starter, kill
 from pipeline.errors import ArtifactError, ConfigError, ImageBuildError
 from pipeline.models.registry import ModelVersion
 from pipeline.progress import Echo
@@ -176,49 +175,6 @@ def write_config(context: Path, config: dict[str, Any]) -> None:
     (context / "services" / "bentoship.json").write_text(validated.model_dump_json(indent=2))
 
 
-# Imports BentoML first, then waits for its arguments on stdin: started early (`Starter`), its
-# import (~0.8 s) overlaps the build's planning.
-_BUILD_SCRIPT = """
-import gc, json, os, shutil, sys
-gc.disable()  # a child of seconds: collections only slowed its imports
-import bentoml, bentoml.bentos, bentoml.models
-bentoml.service, bentoml.asgi_app  # BentoML loads these lazily: now, while it waits
-args = json.loads(sys.stdin.read())
-os.chdir(args["cwd"])  # the build context: BentoML imports the service module from it
-sys.path.insert(0, args["cwd"])
-for model in args["models"]:
-    try:
-        existing = bentoml.models.get(model["tag"])
-    except bentoml.exceptions.NotFound:
-        existing = None
-    if existing is not None and not model["replace"] \
-            and dict(existing.info.metadata) == model["metadata"]:
-        print("MODEL_REUSED=" + model["tag"])
-        continue
-    if existing is not None:  # same name and version from another store, or re-registered
-        bentoml.models.delete(model["tag"])
-    with bentoml.models.create(model["tag"], metadata=model["metadata"],
-                               labels={"owner": "bentoship"}) as created:
-        shutil.copytree(model["path"], created.path_of("mlflow_model"))
-    print("MODEL_IMPORTED=" + model["tag"])
-try:
-    bentoml.bentos.delete(args["tag"])
-except bentoml.exceptions.NotFound:
-    pass
-# The image installs nothing from the Bento's env/ (its Python comes from the platform base and
-# the extras layer), so BentoML's lock of it (`uv pip compile` against PyPI, ~2 s and a network
-# round trip in every build) is not made.
-bento = bentoml.bentos.build(
-    args["service"], name=args["name"], version=args["version"], labels=args["labels"],
-    include=["services/**/*.py", "services/bentoship.json"], build_ctx=".",
-    python={"lock_packages": False},
-)
-# The store's Bento only references its models; an exported folder carries them.
-exported = bentoml.bentos.export_bento(bento.tag, args["export_to"] + "/", output_format="folder")
-print("BENTO_PATH=" + exported)
-"""
-
-
 def model_metadata(info: ModelInfo) -> dict[str, str]:
     return {
         "registered_name": info.version.name,
@@ -228,41 +184,6 @@ def model_metadata(info: ModelInfo) -> dict[str, str]:
         "flavor": info.flavor,
         "manifest_sha256": info.manifest_sha256,
     }
-
-
-class Starter:
-    """The Bento's builder process, started before it is needed (`with Starter(home) as s:`,
-    then `make_bento(..., starter=s)`); killed on leaving if it was never used."""
-
-    def __init__(self, bentoml_home: Path) -> None:
-        self.bentoml_home = bentoml_home
-        self._proc: subprocess.Popen[str] | None = None
-
-    def __enter__(self) -> Self:
-        self._proc = _spawn(self.bentoml_home)
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        if self._proc is not None:
-            _kill(self._proc)
-
-    def take(self) -> subprocess.Popen[str]:
-        """The started process (once), or a new one (a second attempt)."""
-        proc, self._proc = self._proc, None
-        return proc if proc is not None else _spawn(self.bentoml_home)
-
-
-def _spawn(bentoml_home: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "BENTOML_DO_NOT_TRACK": "true"}
-    # -P: no working directory on sys.path while BentoML imports (the build context comes later)
-    return subprocess.Popen([sys.executable, "-P", "-c", _BUILD_SCRIPT], env=env, text=True,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def _kill(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.communicate()
 
 
 def make_bento(
@@ -330,7 +251,7 @@ def _run_build(
     try:
         stdout, stderr = proc.communicate(json.dumps(args))
     except BaseException:
-        _kill(proc)
+        kill(proc)
         raise
     bento_path = None
     for line in stdout.splitlines():

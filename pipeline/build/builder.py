@@ -25,6 +25,7 @@ the one registry check per model (without MLflow's import when it confirms the l
 from __future__ import annotations
 
 import contextlib
+import functools
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +36,7 @@ from typing import Any
 from pipeline import identity
 from pipeline.build import bento, cache, extras, image, oci, smoke, transfer
 from pipeline.build.plan import PROJECT_ROOT, BuildRequest, Plan, Resolved, plan, resolve_request
+from pipeline.build.starter import Starter
 from pipeline.errors import DockerError, PushError, map_exceptions
 from pipeline.identity import source_url
 from pipeline.progress import Echo, reporter
@@ -99,12 +101,14 @@ def build(
     echo: Echo,
     *,
     check: Callable[[Plan], None] | None = None,
+    starter: Starter | None = None,
 ) -> BuildResult:
     """Build (or find) the image for `req`; see the module docstring for the order of things.
 
     `echo` takes progress lines; a `pipeline.progress.Progress` also draws bars. `check` is
     called with the plan before the first side effect (a release's API guard); it refuses by
-    raising.
+    raising. `starter` is a Bento builder the caller started early and stops (the CLI starts
+    one before its imports); without it the build starts its own when it begins to plan.
     """
     from pipeline.build.engine import connect
 
@@ -135,7 +139,7 @@ def build(
         phases.done("base")
         labels = _labels(resolved, base.ref, known["manifests"], known["requirements_sha256"],
                          known["config_sha256"], known["openapi_sha256"])
-        existing, digest, where = _existing(client, repository, tag, labels, progress,
+        existing, digest, where = _existing(client, repository, tag, lambda: labels, progress,
                                             settings.docker_config)
         phases.done("lookup")
         if existing is not None:
@@ -145,8 +149,9 @@ def build(
                                  reused_from=where, cache={"plan": True, "models": []},
                                  dropped_requirements=known["dropped"])
     if result is None:
-        result, where = _build_planned(req, resolved, settings, client, progress, phases, key,
-                                       check)
+        with contextlib.nullcontext(starter) if starter else Starter(settings.bentoml_home) as s:
+            result, where = _build_planned(req, resolved, settings, client, progress, phases,
+                                           key, check, s)
 
     result.layer_sizes = image.group_sizes(image.layers(client, result.image_id))
     if req.push and where != "registry":
@@ -161,14 +166,13 @@ def build(
 
 def _build_planned(
     req: BuildRequest, resolved: Resolved, settings: Settings, client: Any, progress: Echo,
-    phases: _Phases, key: str, check: Callable[[Plan], None] | None,
+    phases: _Phases, key: str, check: Callable[[Plan], None] | None, starter: Starter,
 ) -> tuple[BuildResult, str | None]:
-    """Plan, then find or build the image; keep what the next build can reuse."""
+    """Plan, then find or build the image; keep what the next build can reuse. `starter`'s
+    Bento builder imports BentoML while the plan is made."""
     name, tag = resolved.name, resolved.tag
     repository = f"{settings.oci_registry}/{name}"
-    # The Bento's builder imports BentoML while the plan is made.
-    with tempfile.TemporaryDirectory(prefix="bentoship-build-") as tmp, \
-            bento.Starter(settings.bentoml_home) as starter:
+    with tempfile.TemporaryDirectory(prefix="bentoship-build-") as tmp:
         work = Path(tmp)
         p = plan(resolved, settings, work, progress, reuse_check=req.smoke_test)
         if check is not None:
@@ -178,14 +182,19 @@ def _build_planned(
         phases.split("verify", "loadcheck", p.loadcheck_s)
         base = _base(client, settings, progress)
         phases.done("base")
-        openapi_sha = identity.openapi_sha256(p.openapi)
-        labels = _labels(resolved, base.ref, {i.variant: i.manifest_sha256 for i in infos},
-                         p.requirements.sha256, p.config_sha256, openapi_sha)
         examples = p.examples
         used = {"plan": False, "models": list(p.cached)}
         dropped = [d.as_dict() for d in p.requirements.dropped]
 
-        existing, digest, where = _existing(client, repository, tag, labels, progress,
+        # The labels need the OpenAPI document, which a copy of services/ makes in a child:
+        # not waited for unless an image of this tag is found, else after the Bento.
+        @functools.cache
+        def labels_of() -> dict[str, str]:
+            return _labels(resolved, base.ref, {i.variant: i.manifest_sha256 for i in infos},
+                           p.requirements.sha256, p.config_sha256,
+                           identity.openapi_sha256(p.openapi))
+
+        existing, digest, where = _existing(client, repository, tag, labels_of, progress,
                                             settings.docker_config)
         phases.done("lookup")
         if existing is not None:
@@ -206,6 +215,7 @@ def _build_planned(
                                          settings.bentoml_home, echo=lambda m: progress(f"  {m}"),
                                          starter=starter)
             phases.done("bento")
+            labels = labels_of()
             docker_ctx = image.write_docker_context(bento_dir, work / "docker", base.ref, prepared,
                                                     labels)
             # In the code layer, next to bento.yaml: the spec this image serves at /docs.json.
@@ -236,7 +246,7 @@ def _build_planned(
                 "manifests": {i.variant: i.manifest_sha256 for i in infos},
                 "requirements_sha256": p.requirements.sha256,
                 "config_sha256": p.config_sha256,
-                "openapi_sha256": openapi_sha,
+                "openapi_sha256": identity.openapi_sha256(p.openapi),
                 "examples": examples,
                 "dropped": dropped,
             })
@@ -375,13 +385,14 @@ def _foreground(command: list[str], env: dict[str, str], grace_s: float = 20.0) 
 
 
 def _existing(
-    client: Any, repository: str, tag: str, labels: dict[str, str], echo: Echo,
+    client: Any, repository: str, tag: str, labels_of: Callable[[], dict[str, str]], echo: Echo,
     docker_config: Path | None = None,
 ) -> tuple[Any | None, str | None, str | None]:
     """An image of this same build, here or in the registry: (image, digest, "local"|"registry").
 
     Same build means same identity labels (configuration, base, requirements, code, model
-    manifests). One found only in the registry is pulled by digest and tagged locally.
+    manifests), `labels_of()`, asked for only when an image of this tag is found. One found only
+    in the registry is pulled by digest and tagged locally.
     """
     import docker.errors
 
@@ -391,7 +402,7 @@ def _existing(
     except docker.errors.ImageNotFound:
         found = None
     if found is not None:
-        differ = identity.differences(found.labels or {}, labels)
+        differ = identity.differences(found.labels or {}, labels_of())
         if not differ:
             echo(f"Image {reference} already exists locally with this configuration: "
                  "not rebuilding")
@@ -406,7 +417,7 @@ def _existing(
         return None, None, None
     if remote is None:
         return None, None, None
-    differ = identity.differences(remote.labels, labels)
+    differ = identity.differences(remote.labels, labels_of())
     if differ:
         echo(f"{reference} exists in the registry but differs in {', '.join(differ)}: rebuilding")
         return None, None, None

@@ -122,20 +122,27 @@ def build(control: str, treatment: str | None, treatment_weight: int | None, nam
                       --trust-type xgboost.core.Booster
       bentoship build --model demo-classifier@champion --hooks docs/examples/triage_hooks.py
     """
-    from pipeline.build.builder import build as run_build
-    from pipeline.build.plan import BuildRequest
-    from pipeline.config import DEFAULT_CONFIG_FILE, load_build_config
+    from pipeline.build.starter import Starter
 
     check_treatment_options(treatment, treatment_weight)
-    if config_file is None and DEFAULT_CONFIG_FILE.is_file():
-        config_file = DEFAULT_CONFIG_FILE
-    request = BuildRequest(control=control, treatment=treatment, name=name,
-                           treatment_weight=treatment_weight, push=push,
-                           allow_pickle=allow_pickle, max_rows=max_rows, threshold=threshold,
-                           ready_timeout_s=ready_timeout, services_dir=services_dir,
-                           build_config=load_build_config(config_file),
-                           trusted_types=trusted_types, hooks=hooks)
-    result = run_build(request, _settings(), echo=Progress(quiet=quiet))
+    settings = _settings()
+    # First thing: the Bento's builder imports BentoML on the other core while this process
+    # imports the build and plans (a code-only rebuild's Bento phase 0.9 -> 0.4 s). A build
+    # that finds its image stops it unused.
+    with Starter(settings.bentoml_home) as starter:
+        from pipeline.build.builder import build as run_build
+        from pipeline.build.plan import BuildRequest
+        from pipeline.config import DEFAULT_CONFIG_FILE, load_build_config
+
+        if config_file is None and DEFAULT_CONFIG_FILE.is_file():
+            config_file = DEFAULT_CONFIG_FILE
+        request = BuildRequest(control=control, treatment=treatment, name=name,
+                               treatment_weight=treatment_weight, push=push,
+                               allow_pickle=allow_pickle, max_rows=max_rows, threshold=threshold,
+                               ready_timeout_s=ready_timeout, services_dir=services_dir,
+                               build_config=load_build_config(config_file),
+                               trusted_types=trusted_types, hooks=hooks)
+        result = run_build(request, settings, echo=Progress(quiet=quiet), starter=starter)
     sizes = ", ".join(f"{group} {size / 1e6:.1f} MB" for group, size in result.layer_sizes.items())
     lines = [
         (f"{'Reused' if result.reused else 'Built'} {result.reference} "
