@@ -190,7 +190,7 @@ class PredictEndpoint:
         try:
             if predictor is None:
                 raise NotReadyError("models are still loading")
-            headers = scope["headers"]
+            headers = scope["headers"] = list(scope["headers"])  # as Starlette's Headers does
             raw = await _read_body(receive, _header(headers, b"content-length"), self.limit)
             # An empty header counts as absent.
             header_key = override = None
