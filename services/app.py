@@ -125,8 +125,8 @@ class ServiceApp(Starlette):
     """The app, with ``POST /predict`` handed to its endpoint before Starlette's stack.
 
     Starlette's middlewares, router, ``Request`` (an async generator for the body) and
-    ``Response`` cost 30-40 us of CPU of the ~210 us our app spent on a one-row request, ~45 us
-    at 100 rows (in-process, the demo XGBoost model). Every other request (and ``/predict``
+    ``Response`` cost 26-40 us of CPU of the ~200 us our app spent on a one-row request, 44-54
+    us at 100 rows (in-process, interleaved A/B, the demo XGBoost model). Every other request (and ``/predict``
     under a ``root_path`` it does not start with) goes through Starlette as before. It stays a
     ``Starlette``: BentoML matches a mounted Starlette app route by route (so its own ``/``
     and static files stay reachable) and runs its lifespan.
