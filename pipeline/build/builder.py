@@ -107,8 +107,7 @@ def build(
 
     `echo` takes progress lines; a `pipeline.progress.Progress` also draws bars. `check` is
     called with the plan before the first side effect (a release's API guard); it refuses by
-    raising. `starter` is a Bento builder the caller started early and stops (the CLI starts
-    one before its imports); without it the build starts its own when it begins to plan.
+    raising. `starter`: a Bento builder the caller started early (the CLI does), else its own.
     """
     from pipeline.build.engine import connect
 
@@ -186,8 +185,8 @@ def _build_planned(
         used = {"plan": False, "models": list(p.cached)}
         dropped = [d.as_dict() for d in p.requirements.dropped]
 
-        # The labels need the OpenAPI document, which a copy of services/ makes in a child:
-        # not waited for unless an image of this tag is found, else after the Bento.
+        # Labels need the OpenAPI document (a child's for a copy of services/): made only if
+        # an image of this tag is found, else after the Bento, the child running meanwhile.
         @functools.cache
         def labels_of() -> dict[str, str]:
             return _labels(resolved, base.ref, {i.variant: i.manifest_sha256 for i in infos},
@@ -390,9 +389,8 @@ def _existing(
 ) -> tuple[Any | None, str | None, str | None]:
     """An image of this same build, here or in the registry: (image, digest, "local"|"registry").
 
-    Same build means same identity labels (configuration, base, requirements, code, model
-    manifests), `labels_of()`, asked for only when an image of this tag is found. One found only
-    in the registry is pulled by digest and tagged locally.
+    Same build means same identity labels (`labels_of()`, asked only once an image of this tag
+    is found). One found only in the registry is pulled by digest and tagged locally.
     """
     import docker.errors
 
