@@ -245,7 +245,7 @@ def _build_planned(
                 "manifests": {i.variant: i.manifest_sha256 for i in infos},
                 "requirements_sha256": p.requirements.sha256,
                 "config_sha256": p.config_sha256,
-                "openapi_sha256": identity.openapi_sha256(p.openapi),
+                "openapi_sha256": labels_of()[identity.OPENAPI_LABEL],
                 "examples": examples,
                 "dropped": dropped,
             })

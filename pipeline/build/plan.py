@@ -17,18 +17,12 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from pipeline import identity
 from pipeline.build import bento, cache, loadcheck
-from pipeline.build.service import (
-    content_version,
-    service_config,
-    service_openapi,
-    start_service_openapi,
-)
+from pipeline.build.service import content_version, service_config, start_service_openapi
 from pipeline.config import TYPE_NAME, BuildConfig
 from pipeline.errors import ConfigError
 from pipeline.identity import CodeVersion, code_version
@@ -185,22 +179,21 @@ class Plan:
     config_sha256: str
     context: Path  # the build context: services/ with its bentoship.json
     examples: list[dict[str, Any]]  # request rows the smoke test sends
+    # The OpenAPI document the service will serve (`services/openapi.py` on the config), begun
+    # when the plan was made (`start_service_openapi`).
+    spec: Callable[[], dict[str, Any]]
     loadcheck_s: float = 0.0  # seconds the load check took (part of planning)
     cached: tuple[str, ...] = ()  # the variants whose artifacts came from the build cache
     check_key: str = ""  # the build cache's key of what the load check found (cache.check_key)
-    # The OpenAPI document, begun when the plan was made (`start_service_openapi`).
-    spec: Callable[[], dict[str, Any]] | None = None
 
     @property
     def models(self) -> dict[str, dict[str, str]]:
         return self.resolved.models
 
-    @cached_property
+    @property
     def openapi(self) -> dict[str, Any]:
-        """The OpenAPI document the service will serve (`services/openapi.py` on the config)."""
-        if self.spec is not None:
-            return self.spec()
-        return service_openapi(self.config, self.resolved.request.services_dir)
+        """The OpenAPI document the service will serve (waited for on first use)."""
+        return self.spec()
 
 
 def resolve_request(req: BuildRequest, settings: Settings, echo: Echo) -> Resolved:
@@ -326,9 +319,9 @@ def plan(resolved: Resolved, settings: Settings, work: Path, echo: Echo, *,
     config = {**config, "output": output, "hooks": checked.hooks}
     bento.write_config(context, config)
     config_sha = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
-    spec = start_service_openapi(config, req.services_dir)
+    spec = start_service_openapi(config, req.services_dir, work / "spec")
     return Plan(resolved, infos, requirements, config, config_sha, context, checked.examples,
-                loadcheck_s, tuple(cached), key, spec)
+                spec, loadcheck_s, tuple(cached), key)
 
 
 def _load_check(

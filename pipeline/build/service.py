@@ -12,7 +12,6 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -69,22 +68,27 @@ def service_config(
 
 _SPEC_SCRIPT = """
 import json, sys
+from pathlib import Path
 from services.config import ServiceConfig
 from services.openapi import build_spec
-print(json.dumps(build_spec(ServiceConfig.model_validate_json(sys.stdin.read()))))
+config = ServiceConfig.model_validate_json(Path("config.json").read_text())
+Path("spec.json").write_text(json.dumps(build_spec(config)))
 """
 
 
 def service_openapi(config: dict[str, Any], services_dir: Path | None) -> dict[str, Any]:
     """`services.openapi.build_spec` of the service template the image is built from."""
-    return start_service_openapi(config, services_dir)()
+    with tempfile.TemporaryDirectory(prefix="bentoship-spec-") as tmp:
+        return start_service_openapi(config, services_dir, Path(tmp))()
 
 
 def start_service_openapi(
-    config: dict[str, Any], services_dir: Path | None,
+    config: dict[str, Any], services_dir: Path | None, scratch: Path,
 ) -> Callable[[], dict[str, Any]]:
     """`service_openapi`, begun now and waited for when called. Another copy of the template
-    than the checkout's is imported in a child (~0.3 s), which then runs beside the build."""
+    than the checkout's is imported in a child (~0.3 s), which then runs beside the build, in
+    `scratch` (a folder of the caller's, removed by it): its input and answer are files there,
+    so a child nobody waits for never blocks on a pipe."""
     from services.config import ServiceConfig
 
     validated = ServiceConfig.model_validate(config)
@@ -94,28 +98,23 @@ def start_service_openapi(
         spec = build_spec(validated)
         return lambda: spec
     # Another copy of the template: its own openapi.py decides, imported as `services`.
-    tmp = Path(tempfile.mkdtemp(prefix="bentoship-spec-"))
-    (tmp / "services").symlink_to(services_dir.resolve(), target_is_directory=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _SPEC_SCRIPT], cwd=tmp, env={**os.environ, "PYTHONPATH": str(tmp)},
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    assert proc.stdin is not None
-    proc.stdin.write(validated.model_dump_json())  # a few kB: fits the pipe, never blocks
-    proc.stdin.close()
-    proc.stdin = None  # sent: `communicate` only reads
+    scratch.mkdir(parents=True, exist_ok=True)
+    (scratch / "services").symlink_to(services_dir.resolve(), target_is_directory=True)
+    (scratch / "config.json").write_text(validated.model_dump_json())
+    with (scratch / "stderr.txt").open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _SPEC_SCRIPT], cwd=scratch, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=stderr,
+            env={**os.environ, "PYTHONPATH": str(scratch)},
+        )
 
     @functools.cache
     def result() -> dict[str, Any]:
-        try:
-            stdout, stderr = proc.communicate()
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if proc.returncode != 0:
-            tail = "\n".join(stderr.strip().splitlines()[-10:])
+        if proc.wait() != 0:
+            lines = (scratch / "stderr.txt").read_text().strip().splitlines()
             raise ConfigError(f"{services_dir}/openapi.py cannot build the service's spec "
-                              f"(exit {proc.returncode}):\n{tail}")
-        return dict(json.loads(stdout))
+                              f"(exit {proc.returncode}):\n" + "\n".join(lines[-10:]))
+        return dict(json.loads((scratch / "spec.json").read_text()))
 
     return result
 

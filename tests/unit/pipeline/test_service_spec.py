@@ -28,7 +28,7 @@ def _copy(tmp_path: Path) -> Path:
 
 def test_a_copy_of_the_template_documents_what_the_checkout_does(tmp_path: Path) -> None:
     copy = _copy(tmp_path)
-    pending = start_service_openapi(_config(), copy)  # the child runs meanwhile
+    pending = start_service_openapi(_config(), copy, tmp_path / "spec")  # runs meanwhile
     spec = pending()
     assert spec == service_openapi(_config(), None)
     assert "/predict" in spec["paths"]
@@ -38,7 +38,7 @@ def test_a_copy_of_the_template_documents_what_the_checkout_does(tmp_path: Path)
 def test_a_copy_whose_openapi_py_breaks_is_refused_naming_it(tmp_path: Path) -> None:
     copy = _copy(tmp_path)
     (copy / "openapi.py").write_text("raise RuntimeError('no spec today')\n")
-    pending = start_service_openapi(_config(), copy)
+    pending = start_service_openapi(_config(), copy, tmp_path / "spec")
     with pytest.raises(ConfigError, match=r"openapi\.py cannot build the service's spec") as err:
         pending()
     assert "no spec today" in str(err.value)
